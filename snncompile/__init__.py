@@ -1,0 +1,54 @@
+"""snncompile: a declarative model compiler for spiking neural networks.
+
+spec = snncompile.load("specs/mnist_fc.yaml")
+net = snncompile.build(spec)          # eager torch.nn.Module
+net = snncompile.compile(spec)        # the same module through torch.compile
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .spec.errors import Problem, SpecError, UserError
+from .spec.load import load, loads
+from .spec.schema import Spec
+
+
+def analyze(spec: Spec):
+    """Spec -> immutable IR graph (raises SpecError on impossible networks)."""
+    from .ir.analyze import analyze as _analyze
+
+    return _analyze(spec)
+
+
+def build(spec: Spec, schedule: str = "layered", seed: int | None = None):
+    """Spec -> torch.nn.Module taking [B, *shape] (or [T, B, *shape]) and returning
+    (spk, mem) of the output layer, each [T, B, classes].
+
+    schedule "layered" is the optimized lowering (hoisted time-invariant prefix,
+    time-batched stateless layers); "step" is the per-step reference loop.
+    """
+    from .lower.build import build_graph
+
+    return build_graph(analyze(spec), schedule=schedule, seed=seed)
+
+
+def compile(spec: Spec, seed: int | None = None, **compile_kwargs):  # noqa: A001
+    """build(spec) wrapped in torch.compile."""
+    import torch
+
+    return torch.compile(build(spec, seed=seed), **compile_kwargs)
+
+
+__all__ = [
+    "load",
+    "loads",
+    "analyze",
+    "build",
+    "compile",
+    "Spec",
+    "SpecError",
+    "UserError",
+    "Problem",
+    "__version__",
+]

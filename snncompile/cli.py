@@ -1,0 +1,233 @@
+"""The `snncompile` command line.
+
+Built-in commands: validate, schema, inspect. Others live in their own modules,
+each defining `configure(parser)` and `run(args) -> int`, imported only when used.
+A user error never shows a traceback: it is printed and the exit status is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .spec.errors import SpecError, UserError
+
+COMMANDS = {  # name -> (module, one-line help)
+    "validate": ("snncompile.cli", "check spec files; exit 2 with every error"),
+    "schema": ("snncompile.cli", "print the JSON Schema of the spec language"),
+    "inspect": ("snncompile.cli", "table of layers, shapes, parameters and state"),
+    "train": (
+        "snncompile.train.command",
+        "train and evaluate a spec; writes a run directory",
+    ),
+    "eval": ("snncompile.train.command", "evaluate a checkpoint (or an ONNX model)"),
+    "codegen": (
+        "snncompile.codegen.command",
+        "write standalone PyTorch training scripts",
+    ),
+    "export": (
+        "snncompile.export.command",
+        "export ONNX (sequence or step) and verify it",
+    ),
+    "bench": (
+        "snncompile.bench",
+        "benchmark training/inference against the snnTorch loop",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- validate
+def configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "specs", nargs="+", metavar="SPEC", help="YAML or JSON spec files"
+    )
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from .ir.analyze import analyze
+    from .spec.load import load
+
+    problems = []
+    for path in args.specs:
+        try:
+            graph = analyze(load(path))
+        except SpecError as err:
+            problems.extend(err.problems)
+            continue
+        print(
+            f"{path}: ok ({graph.name}: {len(graph.nodes)} layers, {graph.num_params:,} parameters)"
+        )
+    if problems:
+        raise SpecError(problems)
+    return 0
+
+
+# --------------------------------------------------------------------------- schema
+def configure_schema(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+
+def schema_text() -> str:
+    from .spec.schema import Spec
+
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "snncompile spec"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    text = schema_text()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --------------------------------------------------------------------------- inspect
+def configure_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .ir.analyze import analyze
+    from .spec.load import load
+
+    graph = analyze(load(args.spec))
+    rows = [
+        {
+            "name": n.name,
+            "type": n.type,
+            "input": list(n.in_shape),
+            "output": list(n.out_shape),
+            "parameters": n.num_params,
+            "neurons": n.neurons,
+            "state": list(n.states),
+            "time_invariant": n.time_invariant,
+        }
+        for n in graph.nodes
+    ]
+    totals = {
+        "parameters": graph.num_params,
+        "neurons": sum(n.neurons for n in graph.nodes),
+        "steps": graph.steps,
+        "encoding": graph.encoding["type"],
+        "decoding": graph.decoding,
+        "loss": graph.loss["type"],
+    }
+    if args.json:
+        print(
+            json.dumps({"name": graph.name, "layers": rows, "totals": totals}, indent=2)
+        )
+        return 0
+    header = [
+        "name",
+        "type",
+        "input",
+        "output",
+        "params",
+        "neurons",
+        "state",
+        "time-inv.",
+    ]
+    table = [
+        [
+            r["name"],
+            r["type"],
+            _shape(r["input"]),
+            _shape(r["output"]),
+            f"{r['parameters']:,}",
+            f"{r['neurons']:,}" if r["neurons"] else "-",
+            ",".join(r["state"]) or "-",
+            "yes" if r["time_invariant"] else "-",
+        ]
+        for r in rows
+    ]
+    widths = [
+        max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)
+    ]
+    right = {4, 5}
+    fmt = lambda row: "  ".join(
+        c.rjust(w) if i in right else c.ljust(w)
+        for i, (c, w) in enumerate(zip(row, widths))
+    )  # noqa: E731
+    print(
+        f"{graph.name}: {graph.steps} steps, {graph.encoding['type']} encoding, "
+        f"{graph.decoding} decoding, {graph.loss['type']} loss"
+    )
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for row in table:
+        print(fmt(row))
+    print(
+        f"total: {totals['parameters']:,} parameters, {totals['neurons']:,} spiking neurons"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="snncompile",
+        description="Declarative model compiler for spiking neural networks.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"snncompile {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def _command(name: str):
+    module_name = COMMANDS[name][0]
+    if module_name == __name__:
+        return globals()[f"configure_{name}"], globals()[f"run_{name}"]
+    module = importlib.import_module(module_name)
+    return getattr(module, f"configure_{name}"), getattr(module, f"run_{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    # parse the command name first, then only import what that command needs
+    if argv and argv[0] in COMMANDS:
+        configure, run = _command(argv[0])
+        sub = argparse.ArgumentParser(
+            prog=f"snncompile {argv[0]}", description=COMMANDS[argv[0]][1]
+        )
+        configure(sub)
+        args = sub.parse_args(argv[1:])
+    else:
+        parser.parse_args(argv)  # prints help / errors and exits
+        return 2
+    try:
+        return int(run(args) or 0)
+    except SpecError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        count = len(err.problems)
+        print(f"{count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 2
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

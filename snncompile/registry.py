@@ -1,0 +1,66 @@
+"""Where each spec `type` meets its runtime code: one entry per neuron, surrogate,
+encoding, decoding and loss. Adding one means a runtime definition plus a line here.
+
+Values name top-level definitions in `snncompile/runtime/*.py`; codegen inlines
+their source and `build()` executes that same source.
+"""
+
+# surrogate type -> (runtime class, spec fields passed positionally to .apply)
+SURROGATES = {
+    "atan": ("ATan", ("alpha",)),
+    "fast_sigmoid": ("FastSigmoid", ("slope",)),
+    "sigmoid": ("Sigmoid", ("slope",)),
+    "triangular": ("Triangular", ("threshold",)),
+    "straight_through": ("StraightThrough", ()),
+    "spike_rate_escape": ("SpikeRateEscape", ("beta", "slope")),
+}
+
+# neuron type -> runtime class (all in runtime/neurons.py, base SpikingNeuron)
+NEURONS = {
+    "leaky": "Leaky",
+    "synaptic": "Synaptic",
+    "alpha": "Alpha",
+    "rleaky": "RLeaky",
+    "rsynaptic": "RSynaptic",
+}
+
+# encoding type -> runtime function in runtime/encode.py (None: input used as is)
+ENCODERS = {
+    "direct": "encode_direct",
+    "rate": "encode_rate",
+    "latency": "encode_latency",
+    "delta": "encode_delta",
+    "spikes": None,
+}
+
+# decoding type -> runtime function in runtime/decode.py
+DECODERS = {
+    "rate": "decode_rate",
+    "latency": "decode_latency",
+    "max_membrane": "decode_max_membrane",
+    "mean_membrane": "decode_mean_membrane",
+}
+
+# loss type -> runtime function in runtime/losses.py
+LOSSES = {
+    "ce_membrane": "loss_ce_membrane",
+    "ce_rate": "loss_ce_rate",
+    "ce_count": "loss_ce_count",
+    "mse_count": "loss_mse_count",
+    "ce_max_membrane": "loss_ce_max_membrane",
+    "mse_membrane": "loss_mse_membrane",
+    "ce_temporal": "loss_ce_temporal",
+}
+
+# stateless layer type -> torch.nn class
+TORCH_LAYERS = {
+    "linear": "nn.Linear",
+    "conv1d": "nn.Conv1d",
+    "conv2d": "nn.Conv2d",
+    "maxpool2d": "nn.MaxPool2d",
+    "avgpool2d": "nn.AvgPool2d",
+    "flatten": "nn.Flatten",
+    "dropout": "nn.Dropout",
+    "batchnorm1d": "nn.BatchNorm1d",
+    "batchnorm2d": "nn.BatchNorm2d",
+}

@@ -1,0 +1,44 @@
+"""Output decodings: ``spk, mem: [T, B, C]`` -> class scores ``[B, C]``.
+
+The predicted class is ``scores.argmax(-1)`` (ties go to the lowest index, as in
+snnTorch's ``accuracy_*`` helpers).  Self-contained (imports only ``torch``) so
+the source can be inlined verbatim into generated scripts.
+"""
+
+import torch
+
+
+def decode_rate(spk, mem):
+    """Spike-count score: ``s[b, c] = sum_t spk[t, b, c]``."""
+    return spk.sum(dim=0)
+
+
+def decode_latency(spk, mem):
+    """First-spike score: ``s[b, c] = -t_first[b, c]`` (earlier spike wins).
+
+    ``t_first = min{t : spk[t] != 0}``; a neuron that never fires gets the
+    shadow time ``T - 1``, exactly as ``snntorch.functional.accuracy_temporal``
+    (so a silent neuron ties with one that first fires at the last step).
+    """
+    steps = spk.shape[0]
+    t = torch.arange(steps, device=spk.device).view((steps,) + (1,) * (spk.dim() - 1))
+    first = torch.where(spk != 0, t, steps - 1).amin(dim=0)
+    return -first.to(spk.dtype if spk.is_floating_point() else torch.float32)
+
+
+def decode_max_membrane(spk, mem):
+    """Peak-membrane score: ``s[b, c] = max_t mem[t, b, c]``."""
+    return mem.amax(dim=0)
+
+
+def decode_mean_membrane(spk, mem):
+    """Mean-membrane score: ``s[b, c] = (1 / T) * sum_t mem[t, b, c]``."""
+    return mem.mean(dim=0)
+
+
+def accuracy(scores, targets):
+    """Correct count: ``n = sum_b 1[argmax_c scores[b, c] == targets[b]]``.
+
+    Returns a 0-dim int64 tensor on the scores' device (no host sync).
+    """
+    return (scores.argmax(dim=-1) == targets).sum()

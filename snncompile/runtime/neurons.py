@@ -1,0 +1,242 @@
+"""Spiking neuron layers with snnTorch's exact dynamics.
+
+Conventions shared by every neuron (snnTorch's defaults):
+- the reset at step t comes from the previous membrane:
+  reset[t] = H(mem[t-1] - threshold), detached from the graph;
+- decays are clamped: beta and alpha enter as clamp(., 0, 1);
+- spk[t] = S(mem[t] - threshold), S the Heaviside step (strict >) forward and
+  the surrogate's derivative backward.
+
+`step` advances one time step; `forward` runs a whole sequence [T, B, ...].
+These classes are inlined verbatim into generated code (only torch is used).
+"""
+
+import torch
+from torch import nn
+
+
+class SpikingNeuron(nn.Module):
+    """Parameters, firing and the time loop shared by every neuron type."""
+
+    state_names = ("mem",)
+
+    def __init__(
+        self,
+        shape,
+        beta,
+        threshold=1.0,
+        reset="subtract",
+        learn_beta=False,
+        learn_threshold=False,
+        per_neuron=False,
+        surrogate=None,
+        surrogate_args=(),
+    ):
+        super().__init__()
+        self.size = tuple(shape) if per_neuron else ()
+        self.reset_mode = reset
+        self.surrogate = surrogate
+        self.surrogate_args = tuple(surrogate_args)
+        self.hard = False  # True: plain comparison instead of surrogate (inference)
+        self.constant("beta", beta, learn_beta)
+        self.constant("threshold", threshold, learn_threshold)
+
+    def constant(self, name, value, learn):
+        """A scalar or per-neuron parameter, learnable or a buffer."""
+        tensor = torch.full(self.size, float(value))
+        if learn:
+            setattr(self, name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+
+    def fire(self, mem):
+        """spk = S(mem - threshold)."""
+        shifted = mem - self.threshold
+        if self.hard or self.surrogate is None:
+            return (shifted > 0).to(mem.dtype)
+        return self.surrogate.apply(shifted, *self.surrogate_args)
+
+    def reset_signal(self, mem):
+        """Detached reset from the previous membrane: H(mem - threshold)."""
+        return (mem - self.threshold > 0).to(mem.dtype)
+
+    def init_state(self, cur):
+        """Zero states shaped like one step of input."""
+        return tuple(torch.zeros_like(cur) for _ in self.state_names)
+
+    def forward(self, cur):
+        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]."""
+        state = self.init_state(cur[0])
+        spks, mems = [], []
+        for t in range(cur.shape[0]):
+            spk, state = self.step(cur[t], state)
+            spks.append(spk)
+            mems.append(state[-1])
+        return torch.stack(spks), torch.stack(mems)
+
+
+class Leaky(SpikingNeuron):
+    """Leaky integrate-and-fire (snnTorch Leaky), b = clamp(beta, 0, 1):
+
+    subtract: mem[t] = b * mem[t-1] + I[t] - reset[t] * threshold
+    zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + I[t]
+    none:     mem[t] = b * mem[t-1] + I[t]
+    """
+
+    def step(self, cur, state):
+        (mem,) = state
+        reset = self.reset_signal(mem)
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mode == "subtract":
+            mem = beta * mem + cur - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = beta * ((1 - reset) * mem) + cur
+        else:
+            mem = beta * mem + cur
+        return self.fire(mem), (mem,)
+
+
+class Synaptic(SpikingNeuron):
+    """Synaptic-current LIF (snnTorch Synaptic), a = clamp(alpha), b = clamp(beta):
+
+    syn[t] = a * syn[t-1] + I[t]
+    m[t]   = b * mem[t-1] + syn[t]
+    subtract: mem[t] = m[t] - reset[t] * threshold
+    zero:     mem[t] = m[t] - m[t] * reset[t]
+    none:     mem[t] = m[t]
+    """
+
+    state_names = ("syn", "mem")
+
+    def __init__(self, shape, alpha, beta, learn_alpha=False, **kwargs):
+        super().__init__(shape, beta, **kwargs)
+        self.constant("alpha", alpha, learn_alpha)
+
+    def step(self, cur, state):
+        syn, mem = state
+        reset = self.reset_signal(mem)
+        syn = self.alpha.clamp(0, 1) * syn + cur
+        mem = self.beta.clamp(0, 1) * mem + syn
+        if self.reset_mode == "subtract":
+            mem = mem - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = mem - mem * reset
+        return self.fire(mem), (syn, mem)
+
+
+class Alpha(SpikingNeuron):
+    """Alpha neuron (snnTorch Alpha), a = clamp(alpha), b = clamp(beta), a > b:
+
+    exc[t] = a * exc[t-1] + I[t];  inh[t] = b * inh[t-1] - I[t]
+    mem[t] = tau * (exc[t] + inh[t]),  tau = log(a) / (log(b) - log(a)) + 1
+    subtract: exc[t] -= threshold * reset[t]; inh[t] -= inh[t] * reset[t];
+              mem[t] += inh[t-1] * reset[t]
+    zero:     each of exc[t], inh[t], mem[t] -= itself * reset[t]
+    """
+
+    state_names = ("syn_exc", "syn_inh", "mem")
+
+    def __init__(self, shape, alpha, beta, learn_alpha=False, **kwargs):
+        super().__init__(shape, beta, **kwargs)
+        self.constant("alpha", alpha, learn_alpha)
+
+    def step(self, cur, state):
+        exc, inh, mem = state
+        reset = self.reset_signal(mem)
+        a = self.alpha.clamp(0, 1)
+        b = self.beta.clamp(0, 1)
+        new_exc = a * exc + cur
+        new_inh = b * inh - cur
+        tau = torch.log(a) / (torch.log(b) - torch.log(a)) + 1
+        new_mem = tau * (new_exc + new_inh)
+        if self.reset_mode == "subtract":
+            new_exc = new_exc - self.threshold * reset
+            new_inh = new_inh - (b * inh - cur) * reset
+            new_mem = new_mem - (-inh) * reset
+        elif self.reset_mode == "zero":
+            new_exc = new_exc - new_exc * reset
+            new_inh = new_inh - new_inh * reset
+            new_mem = new_mem - new_mem * reset
+        return self.fire(new_mem), (new_exc, new_inh, new_mem)
+
+
+class Recurrent(nn.Module):
+    """Feedback of a layer's previous spikes: all-to-all linear, one-to-one gain V,
+    or a same-padded conv2d over feature maps."""
+
+    def __init__(self, kind, features=None, V=1.0, learn=True, kernel_size=None):
+        super().__init__()
+        self.kind = kind
+        if kind == "linear":
+            self.linear = nn.Linear(features, features)
+        elif kind == "conv":
+            padding = (kernel_size[0] // 2, kernel_size[1] // 2)
+            self.conv = nn.Conv2d(features, features, kernel_size, padding=padding)
+        elif learn:
+            self.V = nn.Parameter(torch.tensor(float(V)))
+        else:
+            self.register_buffer("V", torch.tensor(float(V)))
+
+    def forward(self, spk):
+        if self.kind == "linear":
+            return self.linear(spk)
+        if self.kind == "conv":
+            return self.conv(spk)
+        return spk * self.V
+
+
+class RLeaky(SpikingNeuron):
+    """Recurrent leaky neuron (snnTorch RLeaky), b = clamp(beta, 0, 1):
+
+    m[t] = b * mem[t-1] + I[t] + R(spk[t-1])
+    subtract: mem[t] = m[t] - reset[t] * threshold
+    zero:     mem[t] = m[t] - reset[t] * m[t]
+    none:     mem[t] = m[t]
+    """
+
+    state_names = ("spk", "mem")
+
+    def __init__(self, shape, beta, recurrent=None, **kwargs):
+        super().__init__(shape, beta, **kwargs)
+        self.recurrent = recurrent
+
+    def step(self, cur, state):
+        spk, mem = state
+        reset = self.reset_signal(mem)
+        mem = self.beta.clamp(0, 1) * mem + cur + self.recurrent(spk)
+        if self.reset_mode == "subtract":
+            mem = mem - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = mem - reset * mem
+        spk = self.fire(mem)
+        return spk, (spk, mem)
+
+
+class RSynaptic(SpikingNeuron):
+    """Recurrent synaptic neuron (snnTorch RSynaptic), a, b clamped to [0, 1]:
+
+    syn[t] = a * syn[t-1] + I[t] + R(spk[t-1])
+    m[t]   = b * mem[t-1] + syn[t]
+    subtract: mem[t] = m[t] - reset[t] * threshold
+    zero:     mem[t] = m[t] - m[t] * reset[t]
+    none:     mem[t] = m[t]
+    """
+
+    state_names = ("spk", "syn", "mem")
+
+    def __init__(self, shape, alpha, beta, learn_alpha=False, recurrent=None, **kwargs):
+        super().__init__(shape, beta, **kwargs)
+        self.constant("alpha", alpha, learn_alpha)
+        self.recurrent = recurrent
+
+    def step(self, cur, state):
+        spk, syn, mem = state
+        reset = self.reset_signal(mem)
+        syn = self.alpha.clamp(0, 1) * syn + cur + self.recurrent(spk)
+        mem = self.beta.clamp(0, 1) * mem + syn
+        if self.reset_mode == "subtract":
+            mem = mem - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = mem - mem * reset
+        spk = self.fire(mem)
+        return spk, (spk, syn, mem)
