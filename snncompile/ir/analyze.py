@@ -59,6 +59,9 @@ PREFIX = {  # default layer names
 NOT_HOISTABLE = ("dropout", "batchnorm1d", "batchnorm2d")
 
 
+MAX_ELEMENTS = 2**31 - 1  # per tensor: beyond it torch kernels cannot index
+
+
 class _Checker:
     def __init__(self, spec: Spec):
         self.spec = spec
@@ -68,83 +71,98 @@ class _Checker:
     def error(self, path: tuple, message: str) -> None:
         self.problems.append(self.source.problem(path, message))
 
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
-
-
-def _single(value: Any) -> int:
-    return value if isinstance(value, int) else value[0]
+    def has(self, path: tuple) -> bool:
+        """Whether the file sets the key at `path` (a spec built in code: never)."""
+        return path in self.source.keys
 
 
 def _describe(shape: Shape) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
+def _sizes(value: Any, dims: int) -> list[int] | None:
+    """An int or a list of 1 or `dims` ints -> `dims` ints (None if the list is
+    longer than `dims`)."""
+    if value is None or isinstance(value, int):
+        return [value] * dims
+    if len(value) == 1:
+        return list(value) * dims
+    return list(value) if len(value) == dims else None
+
+
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _stateless(layer: dict, shape: Shape, where: str, chk: _Checker, path: tuple):
-    """Output shape and parameter count of a stateless layer (None on error)."""
+def _window(layer: dict, shape: Shape, where: str, me: str, chk: _Checker, path):
+    """Output shape, parameter count and normalized sizes of a conv or pool."""
     kind = layer["type"]
+    dims = 1 if kind == "conv1d" else 2
+    if len(shape) != dims + 1:
+        layout = "[channels, length]" if dims == 1 else "[channels, height, width]"
+        chk.error(path, f"{me} needs {layout} but {where} gives {_describe(shape)}")
+        return None
+    sizes = {}
+    for key in ("kernel_size", "stride", "padding"):
+        sizes[key] = _sizes(layer.get(key), dims)
+        if sizes[key] is None:
+            chk.error(
+                path + (key,),
+                f"{kind} takes one {key} or a list of one, got {layer[key]}",
+            )
+            return None
+    kernel, stride, padding = sizes["kernel_size"], sizes["stride"], sizes["padding"]
+    conv = kind.startswith("conv")
+    if stride[0] is None:
+        stride = kernel  # pooling default
+    out = []
+    for axis, (size, k, s, p) in enumerate(zip(shape[1:], kernel, stride, padding)):
+        if k > size + 2 * p:
+            axis_name = "length" if dims == 1 else ("height", "width")[axis]
+            padded = f" + 2 x padding {p}" if p else ""
+            chk.error(
+                path + ("kernel_size",),
+                f"kernel {k} of {me} is larger than the input {axis_name} "
+                f"{size}{padded}: {where} gives {_describe(shape)}",
+            )
+            return None
+        if not conv and p > k // 2:
+            chk.error(
+                path + ("padding",), f"padding {p} must be at most half the kernel {k}"
+            )
+            return None
+        out.append(_conv_out(size, k, s, p))
+    params = dict(layer, kernel_size=kernel, padding=padding)
+    params["stride"] = stride if conv or layer.get("stride") is not None else None
+    if dims == 1:  # conv1d takes plain ints
+        params.update(kernel_size=kernel[0], stride=stride[0], padding=padding[0])
+    if not conv:
+        return (shape[0], *out), 0, params
+    cin, cout = shape[0], layer["out_channels"]
+    weights = cout * cin * math.prod(kernel) + (cout if layer["bias"] else 0)
+    return (cout, *out), weights, params
+
+
+def _stateless(layer: dict, shape: Shape, where: str, me: str, chk: _Checker, path):
+    """Output shape, parameter count and params of a stateless layer (None on error)."""
+    kind = layer["type"]
+    params = dict(layer)
     if kind == "flatten":
-        return (math.prod(shape),), 0
+        return (math.prod(shape),), 0, params
     if kind == "linear":
         if len(shape) != 1:
             chk.error(
                 path,
-                f"linear expects a flat input [features] but {where} gives "
+                f"{me} needs flat features [features] but {where} gives "
                 f"{_describe(shape)}; add a flatten layer before it",
             )
             return None
         out = layer["out_features"]
-        return (out,), shape[0] * out + (out if layer["bias"] else 0)
+        return (out,), shape[0] * out + (out if layer["bias"] else 0), params
     if kind in ("conv1d", "conv2d", "maxpool2d", "avgpool2d"):
-        dims = 1 if kind == "conv1d" else 2
-        if len(shape) != dims + 1:
-            layout = "[channels, length]" if dims == 1 else "[channels, height, width]"
-            chk.error(
-                path, f"{kind} expects {layout} but {where} gives {_describe(shape)}"
-            )
-            return None
-        conv = kind.startswith("conv")
-        pick = _single if dims == 1 else _pair
-        kernel = pick(layer["kernel_size"])
-        stride = pick(
-            layer["stride"] if layer["stride"] is not None else layer["kernel_size"]
-        )
-        padding = pick(layer["padding"])
-        kernel, stride, padding = (
-            (kernel,) if dims == 1 else kernel,
-            (stride,) if dims == 1 else stride,
-            (padding,) if dims == 1 else padding,
-        )
-        sizes = []
-        for size, k, s, p in zip(shape[1:], kernel, stride, padding):
-            if k > size + 2 * p:
-                chk.error(
-                    path + ("kernel_size",),
-                    f"kernel {k} is larger than the input {_describe(shape)} from {where}"
-                    + (f" padded by {p}" if p else ""),
-                )
-                return None
-            if not conv and p > k // 2:
-                chk.error(
-                    path + ("padding",),
-                    f"padding {p} must be at most half the kernel {k}",
-                )
-                return None
-            sizes.append(_conv_out(size, k, s, p))
-        if not conv:
-            return (shape[0], *sizes), 0
-        cin, cout = shape[0], layer["out_channels"]
-        weights = cout * cin * math.prod(kernel) + (cout if layer["bias"] else 0)
-        return (cout, *sizes), weights
+        return _window(layer, shape, where, me, chk, path)
     if kind == "dropout":
-        return shape, 0
+        return shape, 0, params
     if kind in ("batchnorm1d", "batchnorm2d"):
         ok = len(shape) in (1, 2) if kind == "batchnorm1d" else len(shape) == 3
         if not ok:
@@ -153,150 +171,180 @@ def _stateless(layer: dict, shape: Shape, where: str, chk: _Checker, path: tuple
                 if kind == "batchnorm1d"
                 else "[channels, height, width]"
             )
-            chk.error(
-                path, f"{kind} expects {layout} but {where} gives {_describe(shape)}"
-            )
+            chk.error(path, f"{me} needs {layout} but {where} gives {_describe(shape)}")
             return None
-        return shape, 2 * shape[0]
+        return shape, 2 * shape[0], params
     raise AssertionError(f"unhandled layer type {kind}")  # the schema admits no other
 
 
-def _neuron(layer: dict, defaults: dict, shape: Shape, chk: _Checker, path: tuple):
-    """Resolved parameters and learnable count of a spiking layer (None on error)."""
+NEURON_FIELDS = (
+    "beta",
+    "threshold",
+    "reset",
+    "learn_beta",
+    "learn_threshold",
+    "per_neuron",
+    "surrogate",
+)
+
+
+def _resolve(layer: dict, defaults: dict, chk: _Checker, path: tuple):
+    """A neuron layer's parameters: its own, else `defaults`, else built-in."""
     kind = layer["type"]
-    params: dict[str, Any] = {}
-    fields = [
-        "beta",
-        "threshold",
-        "reset",
-        "learn_beta",
-        "learn_threshold",
-        "per_neuron",
-        "surrogate",
-    ]
+    fields = list(NEURON_FIELDS)
     if kind in ("synaptic", "alpha", "rsynaptic"):
         fields += ["alpha", "learn_alpha"]
+    params: dict[str, Any] = {}
     for key in fields:
-        value = layer.get(key)
-        if value is None:
-            value = defaults.get(key)
-        if value is None:
-            value = NEURON_DEFAULTS.get(key)
-        if value is None:
+        for source in (layer, defaults, NEURON_DEFAULTS):
+            if source.get(key) is not None:
+                params[key] = source[key]
+                break
+        else:
             chk.error(
-                path, f"{kind} needs '{key}': set it on the layer or in 'defaults'"
+                path + (key,),
+                f"{kind} needs '{key}': set it on the layer or in 'defaults'",
+            )
+    if len(params) < len(fields):
+        return None
+    if kind == "alpha":
+        alpha, beta = params["alpha"], params["beta"]
+        if not 0 < beta < alpha < 1:
+            key = "alpha" if chk.has(path + ("alpha",)) else "beta"
+            at = path + (key,) if chk.has(path + (key,)) else path
+            chk.error(
+                at,
+                f"alpha neurons need 0 < beta < alpha < 1 (their time constant uses "
+                f"log(beta)), got alpha {alpha} and beta {beta}",
             )
             return None
-        params[key] = value
+    if "recurrence" in layer:
+        params["recurrence"] = dict(layer["recurrence"])
+    return params
+
+
+def _neuron(params: dict, shape: Shape, me: str, chk: _Checker, path: tuple):
+    """Learnable parameter count of a spiking layer (None on error); completes the
+    recurrence parameters."""
     numel = math.prod(shape) if params["per_neuron"] else 1
     learnable = numel * (
         params["learn_beta"]
         + params["learn_threshold"]
         + params.get("learn_alpha", False)
     )
-    if kind == "alpha":
-        if params["alpha"] <= params["beta"]:
+    rec = params.get("recurrence")
+    if rec is None:
+        return learnable
+    if rec["type"] == "linear":
+        if len(shape) != 1:
             chk.error(
-                path,
-                f"alpha neurons need alpha > beta, got alpha {params['alpha']} and beta {params['beta']}",
+                path + ("recurrence",),
+                f"linear recurrence of {me} needs flat features [features], "
+                f"got {_describe(shape)}; use a conv or one_to_one recurrence",
             )
             return None
-        if params["beta"] >= 1 or params["beta"] <= 0 or params["alpha"] >= 1:
+        learnable += shape[0] * shape[0] + shape[0]
+    elif rec["type"] == "conv":
+        k = _sizes(rec["kernel_size"], 2)
+        if len(shape) != 3:
             chk.error(
-                path,
-                "alpha neurons need 0 < beta < alpha < 1 (their time constant uses log(beta))",
+                path + ("recurrence",),
+                f"conv recurrence of {me} needs [channels, height, width], "
+                f"got {_describe(shape)}",
             )
             return None
-    if kind in ("rleaky", "rsynaptic"):
-        rec = dict(layer["recurrence"])
-        if rec["type"] == "linear":
-            if len(shape) != 1:
-                chk.error(
-                    path + ("recurrence",),
-                    f"linear recurrence needs flat features, got {_describe(shape)}",
-                )
-                return None
-            learnable += shape[0] * shape[0] + shape[0]
-        elif rec["type"] == "conv":
-            k = _pair(rec["kernel_size"])
-            if len(shape) != 3:
-                chk.error(
-                    path + ("recurrence",),
-                    f"conv recurrence needs [channels, height, width], got {_describe(shape)}",
-                )
-                return None
-            if k[0] % 2 == 0 or k[1] % 2 == 0:
-                chk.error(
-                    path + ("recurrence", "kernel_size"),
-                    f"conv recurrence needs an odd kernel, got {list(k)}",
-                )
-                return None
-            rec["kernel_size"] = list(k)
-            learnable += shape[0] * shape[0] * k[0] * k[1] + shape[0]
-        elif rec["learn"]:
-            learnable += 1
-        params["recurrence"] = rec
-    return params, learnable
+        if k is None or k[0] % 2 == 0 or k[1] % 2 == 0:
+            chk.error(
+                path + ("recurrence", "kernel_size"),
+                f"conv recurrence needs an odd kernel (same padding), got {rec['kernel_size']}",
+            )
+            return None
+        rec["kernel_size"] = k
+        learnable += shape[0] * shape[0] * k[0] * k[1] + shape[0]
+    elif rec["learn"]:
+        learnable += 1
+    return learnable
+
+
+def _name(layer: dict, names: dict, counters: dict) -> str:
+    """The layer's own name, else its type's prefix and the next free number."""
+    if layer.get("name") is not None:
+        return layer["name"]
+    prefix = PREFIX[layer["type"]]
+    while True:
+        counters[prefix] = counters.get(prefix, 0) + 1
+        name = f"{prefix}{counters[prefix]}"
+        if name not in names:
+            return name
 
 
 def analyze(spec: Spec) -> Graph:
-    """Check a validated spec semantically and lower it to the IR (raises SpecError)."""
+    """Check a validated spec semantically and lower it to the IR (raises SpecError
+    with every problem found)."""
     chk = _Checker(spec)
     data = spec.model_dump()
     defaults = {k: v for k, v in (data.get("defaults") or {}).items() if v is not None}
     encoding = data["input"]["encoding"]
     dataset = data["train"]["dataset"]
-    shape: Shape = tuple(data["input"]["shape"])
+    shape: Shape | None = tuple(data["input"]["shape"])
     expected_shape, classes = DATASETS[dataset]
     if expected_shape is not None and shape != expected_shape:
         chk.error(
             ("input", "shape"),
-            f"dataset {dataset} has samples of shape {_describe(expected_shape)}, not {_describe(shape)}",
+            f"dataset {dataset} has samples of shape {_describe(expected_shape)}, "
+            f"not {_describe(shape)}",
         )
 
     nodes: list[Node] = []
     names: dict[str, int] = {}
     counters: dict[str, int] = {}
     invariant = encoding["type"] == "direct"
-    where = f"the input {_describe(shape)}"
+    where = "the input"
     for i, layer in enumerate(data["layers"]):
         path = ("layers", i)
         kind = layer["type"]
-        name = layer.get("name")
-        if name is None:
-            prefix = PREFIX[kind]
-            counters[prefix] = counters.get(prefix, 0) + 1
-            name = f"{prefix}{counters[prefix]}"
-            while name in names:
-                counters[prefix] += 1
-                name = f"{prefix}{counters[prefix]}"
+        name = _name(layer, names, counters)
         if name in names:
+            first = chk.source.locate(("layers", names[name]))[0]
+            on_line = f" (line {first})" if first is not None else ""
             chk.error(
                 path + ("name",),
-                f"name '{name}' is already used by layers[{names[name]}]",
+                f"name '{name}' is already used by layers[{names[name]}]{on_line}",
             )
-            return _fail(chk)
-        names[name] = i
+        if layer.get("name") is not None and name in _reserved_attributes():
+            chk.error(
+                path + ("name",),
+                f"name '{name}' is taken by the network itself (an attribute of "
+                "torch.nn.Module or Net, such as train, eval, forward, steps); "
+                "choose another name",
+            )
+        names.setdefault(name, i)
+        me = f"{name} ({kind})"
         stateful = kind in NEURON_TYPES
+        result = None
         if stateful:
-            result = _neuron(layer, defaults, shape, chk, path)
-            if result is None:
-                return _fail(chk)
-            params, count = result
-            out_shape, neurons = shape, math.prod(shape)
+            params = _resolve(layer, defaults, chk, path)
+            if params is not None and shape is not None:
+                count = _neuron(params, shape, me, chk, path)
+                if count is not None:
+                    result = shape, count, params
             invariant = False
-        else:
-            result = _stateless(layer, shape, where, chk, path)
-            if result is None:
-                return _fail(chk)
-            out_shape, count = result
-            params = {k: v for k, v in layer.items() if k not in ("type", "name")}
-            neurons = 0
-            if kind in NOT_HOISTABLE:
-                invariant = False
-        if math.prod(out_shape) < 1 or min(out_shape) < 1:
-            chk.error(path, f"output shape {_describe(out_shape)} is empty")
-            return _fail(chk)
+        elif shape is not None:
+            result = _stateless(layer, shape, where, me, chk, path)
+            invariant = invariant and kind not in NOT_HOISTABLE
+        if result is None:
+            shape = None  # later shapes are unknown: check names and fields only
+            continue
+        out_shape, count, params = result
+        if math.prod(out_shape) > MAX_ELEMENTS or count > MAX_ELEMENTS:
+            chk.error(
+                path,
+                f"{me} is too large: output {_describe(out_shape)}, {count:,} "
+                f"parameters (at most {MAX_ELEMENTS:,} elements per tensor)",
+            )
+            shape = None
+            continue
+        params = {k: v for k, v in params.items() if k not in ("type", "name")}
         nodes.append(
             Node(
                 name=name,
@@ -308,35 +356,17 @@ def analyze(spec: Spec) -> Graph:
                 stateful=stateful,
                 time_invariant=invariant and not stateful,
                 num_params=count,
-                neurons=neurons,
+                neurons=math.prod(out_shape) if stateful else 0,
                 states=STATES.get(kind, ()),
             )
         )
         shape = out_shape
-        where = f"{name} ({kind}) {_describe(out_shape)}"
+        where = me
 
-    last = nodes[-1]
-    last_path = ("layers", len(nodes) - 1)
-    if not last.stateful:
-        chk.error(
-            last_path,
-            f"the last layer must be a spiking neuron layer, not {last.type}: "
-            f"decoding '{data['decoding']['type']}' and loss '{data['loss']['type']}' read its spikes and membrane",
-        )
-    elif len(last.out_shape) != 1:
-        chk.error(
-            last_path,
-            f"the output layer must give one neuron per class [classes], got {_describe(last.out_shape)}; add flatten and linear layers",
-        )
-    elif classes is not None and last.out_shape[0] != classes:
-        chk.error(
-            last_path,
-            f"dataset {dataset} has {classes} classes but the output layer {last.name} has {last.out_shape[0]} neurons",
-        )
-    elif last.out_shape[0] < 2:
-        chk.error(last_path, "a classifier needs at least 2 output neurons")
+    _check_output(chk, data, nodes, shape, classes)
     if chk.problems:
         raise SpecError(chk.problems)
+    last = nodes[-1]
     return Graph(
         name=spec.name,
         steps=spec.steps,
@@ -351,5 +381,40 @@ def analyze(spec: Spec) -> Graph:
     )
 
 
-def _fail(chk: _Checker):
-    raise SpecError(chk.problems)
+def _check_output(chk: _Checker, data: dict, nodes: list, shape, classes) -> None:
+    """The decoding and the loss read the last layer: one spiking neuron per class."""
+    layers = data["layers"]
+    last_path = ("layers", len(layers) - 1)
+    kind = layers[-1]["type"]
+    if kind not in NEURON_TYPES:
+        chk.error(
+            last_path,
+            f"the last layer must be a spiking neuron layer, not {kind}: decoding "
+            f"'{data['decoding']['type']}' and loss '{data['loss']['type']}' read "
+            "its spikes and membrane",
+        )
+        return
+    if shape is None:
+        return  # its shape is unknown after an earlier error
+    last = nodes[-1]
+    if len(shape) != 1:
+        chk.error(
+            last_path,
+            f"the output layer {last.name} must give one neuron per class "
+            f"[classes], got {_describe(shape)}; add flatten and linear layers",
+        )
+    elif classes is not None and shape[0] != classes:
+        chk.error(
+            last_path,
+            f"dataset {data['train']['dataset']} has {classes} classes but the "
+            f"output layer {last.name} has {shape[0]} neurons",
+        )
+    elif shape[0] < 2:
+        chk.error(last_path, "a classifier needs at least 2 output neurons")
+
+
+def _reserved_attributes() -> frozenset[str]:
+    """Layer names that would shadow attributes of the generated network."""
+    from ..codegen.render import reserved_attributes
+
+    return reserved_attributes()

@@ -7,6 +7,7 @@ mapping discriminated by its ``type`` key.
 
 from __future__ import annotations
 
+import keyword
 import re
 from typing import Annotated, Literal, Union
 
@@ -17,22 +18,31 @@ FORMAT_VERSION = 1
 
 
 class Strict(BaseModel):
-    """Base of every spec model: unknown keys are errors, values are immutable."""
+    """Base of every spec model: unknown keys are errors, values are immutable,
+    numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def check_identifier(value: str | None) -> str | None:
     """Only plain ASCII identifiers may name things: they reach generated code."""
     if value is None:
         return value
-    if not IDENTIFIER.match(value):
+    odd = [c for c in value if not (c.isascii() and (c.isalnum() or c == "_"))]
+    if odd:
+        raise ValueError(
+            f"{value!r} is not a valid name: {odd[0]!r} (U+{ord(odd[0]):04X}) is not "
+            "allowed; use ASCII letters, digits and '_'"
+        )
+    if not IDENTIFIER.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use ASCII letters, digits and '_', "
             "starting with a letter or '_', at most 64 characters"
         )
     if value.startswith("__"):
         raise ValueError(f"{value!r} is not a valid name: it may not start with '__'")
+    if keyword.iskeyword(value) or keyword.issoftkeyword(value):
+        raise ValueError(f"{value!r} is not a valid name: it is a Python keyword")
     return value
 
 
