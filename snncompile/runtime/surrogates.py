@@ -42,7 +42,10 @@ class FastSigmoid(torch.autograd.Function):
 
 
 class Sigmoid(torch.autograd.Function):
-    """Sigmoid surrogate: dS/dU = slope * e^(-slope U) / (e^(-slope U) + 1)^2."""
+    """Sigmoid surrogate: dS/dU = slope * e^(-slope U) / (e^(-slope U) + 1)^2,
+    evaluated as slope * sigmoid(slope U) * sigmoid(-slope U): the same value, but
+    finite where e^(-slope U) overflows (snnTorch's literal formula gives
+    inf / inf = NaN there: for U < -3.47 at slope 25)."""
 
     @staticmethod
     def forward(ctx, x, slope):
@@ -53,8 +56,8 @@ class Sigmoid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        e = torch.exp(-ctx.slope * x)
-        return grad * ctx.slope * e / ((e + 1) ** 2), None
+        kx = ctx.slope * x
+        return grad * ctx.slope * torch.sigmoid(kx) * torch.sigmoid(-kx), None
 
 
 class Triangular(torch.autograd.Function):
