@@ -1,0 +1,125 @@
+"""`snncompile export SPEC -o model.onnx [--checkpoint FILE] [--mode M] [--opset N] [--verify]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .loop import UNROLL_STEPS
+from .onnx import DEFAULT_OPSET, MODES, VerificationError, export_onnx
+
+
+def configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="YAML or JSON spec file")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="ONNX file to write"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="trained weights (checkpoint.pt from `snncompile train`); "
+        "without it the weights are randomly initialized",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sequence",
+        help="sequence: the whole T-step simulation in one graph (default); "
+        "step: one time step with the neuron states as inputs and outputs",
+    )
+    unroll = parser.add_mutually_exclusive_group()
+    unroll.add_argument(
+        "--loop",
+        dest="loop",
+        action="store_true",
+        default=None,
+        help=f"sequence mode: an ONNX Loop over time steps "
+        f"(the default above {UNROLL_STEPS} steps)",
+    )
+    unroll.add_argument(
+        "--unroll",
+        dest="loop",
+        action="store_false",
+        help=f"sequence mode: unroll every time step (the default up to {UNROLL_STEPS})",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=None, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare onnxruntime with PyTorch at batch 1 and 7; exit 1 on a mismatch",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of random weights (default: the spec's)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        report = export_onnx(
+            args.spec,
+            args.output,
+            mode=args.mode,
+            checkpoint=args.checkpoint,
+            opset=args.opset,
+            verify=args.verify,
+            seed=args.seed,
+            loop=args.loop,
+        )
+        status = 0
+    except VerificationError as err:
+        report, status = err.report, 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(describe(report)))
+    return status
+
+
+def describe(report: dict) -> list[str]:
+    """Human-readable lines of an export report."""
+    passed = report.get("verification", {}).get("passed", True)
+    written = "wrote" if passed else "verification failed, did not write"
+    head = (
+        f"{written} {report['path']}: {report['spec']}, {report['mode']} model"
+        + (f" ({report['time_loop']})" if report.get("time_loop") else "")
+        + ", "
+        f"opset {report['opset']}, {report['nodes']} nodes, "
+        f"{report['bytes'] / 1e6:.2f} MB, exported in {report['export_seconds']:.2f} s"
+    )
+    lines = [
+        head,
+        f"weights: {report['weights']}",
+        f"inputs: {', '.join(report['inputs'])}; outputs: {', '.join(report['outputs'])}",
+    ]
+    if "note" in report:
+        lines.append(f"note: {report['note']}")
+    result = report.get("verification")
+    if result:
+        verdict = "passed" if result["passed"] else "FAILED"
+        lines.append(
+            f"verify (onnxruntime vs PyTorch, batches "
+            f"{', '.join(str(b['batch']) for b in result['batches'])}): {verdict}"
+        )
+        lines.append(
+            f"  max |mem diff| {result['max_mem_diff_strict']:.3g} before any "
+            f"near-threshold step, {result['max_mem_diff']:.3g} overall; "
+            f"spike mismatches {result['spike_mismatches']} "
+            f"({result['spike_mismatches_near_threshold']} at the threshold); "
+            f"prediction mismatches {result['prediction_mismatches']}"
+        )
+        lines.append(
+            f"  near-threshold neuron-steps {result['near_threshold_events']} in "
+            f"{result['near_threshold_samples']} samples "
+            f"({result['near_threshold_samples_differing']} of them differ); "
+            f"output spike rate "
+            f"{result['output_spike_rate']:.3f}; input scale {result['input_scale']:g}"
+        )
+        lines += [f"  note: {n}" for n in result["notes"]]
+        lines += [f"  failure: {f}" for f in result["failures"]]
+    return lines

@@ -1,0 +1,518 @@
+"""ONNX export of a spec's network, checked and optionally verified in onnxruntime.
+
+Two graphs, both float32 with a dynamic batch axis, inference only (every neuron
+fires by plain comparison, `hard = True`; dropout off, batch norm on running
+statistics):
+
+- ``sequence``: input ``x`` ([B, *shape] for direct encoding, else the already
+  encoded spike train [T, B, *shape]: rate and latency coding are random or
+  stateful preprocessing and stay outside the model); outputs ``scores`` [B, C]
+  (the spec's decoding), ``spk`` and ``mem`` [T, B, C] of the output layer.
+- ``step``: one time step; inputs ``x_t`` [B, *shape] (the raw frame for direct
+  encoding, else the spike frame at step t) and every neuron state
+  ``<layer>_<state>``; outputs ``spk``, ``mem`` [B, C] and ``<layer>_<state>_out``.
+  States start at zero; their per-sample shapes are in the metadata. (The layers
+  before the first neuron run at every step here: nothing is hoisted.)
+
+The TorchScript exporter (``dynamo=False``) is used. The wrappers loop over time
+in Python, so tracing sees straight-line tensor code (no data-dependent control
+flow, every shape static but the batch); each spec exports in about a second.
+The dynamo exporter also exported the sequence graphs but took 27-78 s each
+for the example specs (2-core machine) and failed on the step model's variadic
+state inputs. Up to `UNROLL_STEPS` steps the sequence graph is unrolled (what
+runtimes optimize best); past it, it is an ONNX Loop over one traced step
+(snncompile/export/loop.py), so its size does not grow with T.
+
+The file is written to a temporary name next to the target, checked with
+``onnx.checker`` (full check), verified if asked, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..spec.errors import UserError
+from ..spec.schema import Spec
+from .loop import UNROLL_STEPS, looped_model
+from .wrappers import ENCODING_NOTES, SequenceModel, StepModel, state_names
+
+MODES = ("sequence", "step")
+DEFAULT_OPSET = 17  # supported by onnxruntime >= 1.14 and most device runtimes
+MIN_OPSET, MAX_OPSET = 9, 20  # what the TorchScript exporter writes
+NETWORK_KEYS = ("input", "steps", "defaults", "layers")  # what fixes the weights
+
+
+# --------------------------------------------------------------------------- loading
+def load_net(spec_or_net, checkpoint=None, seed: int | None = None):
+    """A built net in inference mode and a note on where its weights came from."""
+    import snncompile
+
+    if isinstance(spec_or_net, nn.Module):
+        net = spec_or_net
+        if not hasattr(net, "graph"):
+            raise UserError("export_onnx needs a net built by snncompile.build()")
+        if any(t.device.type != "cpu" for t in net.state_dict().values()):
+            raise UserError("export_onnx traces on the CPU: move the net there first")
+        weights = "weights of the given module"
+    else:
+        spec = _spec(spec_or_net)
+        seed = spec.train.seed if seed is None else seed
+        net = snncompile.build(spec, seed=seed)
+        weights = (
+            f"random initialization (seed {seed}), untrained: "
+            "pass --checkpoint FILE for trained weights"
+        )
+    if checkpoint is not None:
+        weights = load_checkpoint(net, checkpoint)
+    return net, weights
+
+
+def _spec(spec) -> Spec:
+    import snncompile
+
+    if isinstance(spec, Spec):
+        return spec
+    return snncompile.load(str(spec))
+
+
+def load_checkpoint(net: nn.Module, path) -> str:
+    """Load a training checkpoint ({"model": state_dict, "spec": json}, or its run
+    directory) into `net`; UserError on anything that does not fit."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
+        raise UserError(
+            f"cannot read checkpoint {path} (not written by torch.save?): {_first_line(err)}"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise UserError(
+            f"checkpoint {path} holds no model weights (expected a dict whose "
+            "'model' is a state dict)"
+        )
+    if isinstance(data.get("spec"), str):
+        differ = _differences(data["spec"], net.graph.spec_json)
+        if differ:
+            raise UserError(
+                f"checkpoint {path} was trained from a different network; "
+                f"these parts differ from spec '{net.graph.name}': {', '.join(differ)}"
+            )
+    # a net saved through torch.compile prefixes its keys
+    state = {k.removeprefix("_orig_mod."): v for k, v in data["model"].items()}
+    own = net.state_dict()
+    problems = {
+        "missing": sorted(set(own) - set(state)),
+        "unexpected": sorted(set(state) - set(own)),
+        "not a tensor": sorted(k for k in state if not torch.is_tensor(state[k])),
+    }
+    problems["wrong shape"] = [
+        f"{k} {list(state[k].shape)} (spec wants {list(own[k].shape)})"
+        for k in own
+        if torch.is_tensor(state.get(k)) and state[k].shape != own[k].shape
+    ]
+    parts = [
+        f"{label}: {', '.join(keys[:5])}"
+        + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        for label, keys in problems.items()
+        if keys
+    ]
+    if parts:
+        raise UserError(
+            f"checkpoint {path} does not fit spec '{net.graph.name}': "
+            + "; ".join(parts)
+        )
+    net.load_state_dict(state)
+    return f"checkpoint {path}"
+
+
+def _differences(saved_json: str, spec_json: str) -> list[str]:
+    """Parts of the spec that fix the weights and differ between the two."""
+    try:
+        saved = json.loads(saved_json)
+    except ValueError:
+        return ["spec (unreadable JSON in the checkpoint)"]
+    given = json.loads(spec_json)
+    return [key for key in NETWORK_KEYS if saved.get(key) != given.get(key)]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+# --------------------------------------------------------------------------- export
+class _Inference:
+    """Eval mode with hard (comparison) spikes; restores the net's flags after."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+
+    def __enter__(self):
+        self.training = self.net.training
+        self.hard = {m: m.hard for m in self.net.modules() if hasattr(m, "hard")}
+        self.net.eval()
+        for module in self.hard:
+            module.hard = True
+        return self.net
+
+    def __exit__(self, *exc):
+        self.net.train(self.training)
+        for module, hard in self.hard.items():
+            module.hard = hard
+
+
+def io_names(graph, mode: str) -> tuple[list[str], list[str], dict]:
+    """Input names, output names and dynamic (batch) axes of a mode's graph."""
+    if mode == "sequence":
+        batch_axis = 1 if graph.encoding["type"] != "direct" else 0
+        inputs, outputs = ["x"], ["scores", "spk", "mem"]
+        axes = {"x": {batch_axis: "batch"}, "scores": {0: "batch"}}
+        axes.update({"spk": {1: "batch"}, "mem": {1: "batch"}})
+        return inputs, outputs, axes
+    states = [name for _, _, name in state_names(graph)]
+    inputs = ["x_t", *states]
+    outputs = ["spk", "mem", *(f"{s}_out" for s in states)]
+    return inputs, outputs, {name: {0: "batch"} for name in inputs + outputs}
+
+
+def example_inputs(graph, mode: str, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    shape = tuple(graph.input_shape)
+    if mode == "step":
+        states = [torch.zeros((batch,) + n.out_shape) for n, _, _ in state_names(graph)]
+        return (torch.zeros((batch,) + shape), *states)
+    if graph.encoding["type"] == "direct":
+        return (torch.zeros((batch,) + shape),)
+    return (torch.zeros((graph.steps, batch) + shape),)
+
+
+@contextlib.contextmanager
+def _quiet_exporter_log():
+    """On a failure the TorchScript exporter's C++ side dumps the whole traced
+    graph to its log (switched on by every export, whatever `verbose` says):
+    send the log to unbuffered stderr and point that at /dev/null meanwhile."""
+    sys.stderr.flush()
+    torch._C._jit_set_onnx_log_output_stream("stderr")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        torch._C._jit_set_onnx_log_output_stream("stdout")  # torch's default
+
+
+def _torch_export(model, args, target, opset, names) -> None:
+    inputs, outputs, axes = names
+    with warnings.catch_warnings(), _quiet_exporter_log():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model,
+            args,
+            target,
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+
+
+def _culprit(net, graph, opset: int) -> str | None:
+    """Export each layer alone; the first one that fails names the problem."""
+
+    class OneStep(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, cur, *state):
+            return self.layer.step(cur, state)
+
+    for node in graph.nodes:
+        layer = getattr(net, node.name)
+        cur = torch.zeros((2,) + tuple(node.in_shape))
+        if node.stateful:
+            model = OneStep(layer)
+            args = (cur, *(torch.zeros_like(cur) for _ in node.states))
+        else:
+            model, args = layer, (cur,)
+        try:
+            _torch_export(model, args, io.BytesIO(), opset, ([], [], {}))
+        except Exception as err:  # noqa: BLE001
+            return (
+                f"layer '{node.name}' ({node.type}) cannot be exported to ONNX "
+                f"opset {opset}: {_first_line(err)}"
+            )
+    return None
+
+
+def _metadata(graph, mode: str, weights: str) -> dict[str, str]:
+    from .. import __version__
+
+    enc = graph.encoding["type"]
+    shape = ", ".join(str(s) for s in graph.input_shape)
+    if mode == "sequence":
+        layout = (
+            f"x: [B, {shape}]"
+            if enc == "direct"
+            else f"x: [T={graph.steps}, B, {shape}]"
+        )
+        outputs = "scores [B, C], spk [T, B, C], mem [T, B, C]"
+    else:
+        layout = f"x_t: [B, {shape}] at each of T={graph.steps} steps, then the states"
+        outputs = "spk [B, C], mem [B, C], then each state as <name>_out"
+    states = [
+        {
+            "name": name,
+            "layer": node.name,
+            "state": state,
+            "shape": list(node.out_shape),
+        }
+        for node, state, name in state_names(graph)
+    ]
+    return {
+        "snncompile_version": __version__,
+        "spec_name": graph.name,
+        "mode": mode,
+        "steps": str(graph.steps),
+        "classes": str(graph.num_classes),
+        "decoding": graph.decoding,
+        "encoding": json.dumps(dict(graph.encoding)),
+        "encoding_note": ENCODING_NOTES[enc],
+        "input_layout": layout,
+        "outputs": outputs,
+        "states": json.dumps(states),
+        "weights": weights,
+        "spec": graph.spec_json,
+    }
+
+
+def _trace(net, mode: str, looped: bool, opset: int, tmp: str):
+    """The ONNX model of `net` in `mode` (a proto; `tmp` is scratch space)."""
+    import onnx
+
+    graph = net.graph
+    if looped:
+        return looped_model(net, opset)
+    model = SequenceModel(net) if mode == "sequence" else StepModel(net)
+    _torch_export(model, example_inputs(graph, mode), tmp, opset, io_names(graph, mode))
+    proto = onnx.load(tmp)
+    if mode == "step":
+        _keep_state_inputs(proto, graph)
+    return proto
+
+
+def export_onnx(
+    spec_or_net,
+    path,
+    mode: str = "sequence",
+    checkpoint=None,
+    opset: int | None = None,
+    verify: bool = False,
+    seed: int | None = None,
+    loop: bool | None = None,
+) -> dict[str, Any]:
+    """Export a spec (Spec, spec file path, or a net from `snncompile.build`) to ONNX.
+
+    The sequence model unrolls its T steps up to UNROLL_STEPS and loops (an ONNX
+    Loop over one step) beyond; `loop` True or False forces either.
+    Returns a report: path, mode, opset, inputs/outputs, nodes, size, seconds and,
+    with `verify`, the onnxruntime-vs-PyTorch comparison (see `verify_onnx`).
+    Raises UserError on a layer that cannot be exported or a failed verification;
+    `path` is then left untouched (nothing half-written remains).
+    """
+    import onnx
+
+    if mode not in MODES:
+        raise UserError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(
+            f"opset must be between {MIN_OPSET} and {MAX_OPSET}, not {opset}"
+        )
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"output directory {path.parent} does not exist")
+    net, weights = load_net(spec_or_net, checkpoint, seed)
+    graph = net.graph
+    looped = mode == "sequence" and (
+        graph.steps > UNROLL_STEPS if loop is None else loop
+    )
+    if looped and opset < 11:
+        raise UserError(f"the time Loop needs opset 11 or newer, not {opset}")
+    started = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with _Inference(net), torch.no_grad():
+            try:
+                proto = _trace(net, mode, looped, opset, tmp)
+            except Exception as err:  # noqa: BLE001
+                reason = _culprit(net, graph, opset)
+                raise UserError(
+                    reason
+                    or f"cannot export '{graph.name}' to ONNX: {_first_line(err)}"
+                ) from None
+        meta = _metadata(graph, mode, weights)
+        meta["time_loop"] = "ONNX Loop" if looped else "unrolled"
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"snncompile {mode} model of spec '{graph.name}'"
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(
+                f"exported model fails onnx.checker: {_first_line(err)}"
+            ) from None
+        onnx.save(proto, tmp)
+        report = {
+            "path": str(path),
+            "spec": graph.name,
+            "mode": mode,
+            "time_loop": meta["time_loop"] if mode == "sequence" else None,
+            "opset": opset,
+            "weights": weights,
+            "inputs": _signature(proto.graph.input),
+            "outputs": _signature(proto.graph.output),
+            "nodes": len(proto.graph.node),
+            "bytes": os.path.getsize(tmp),
+            "export_seconds": round(time.perf_counter() - started, 3),
+        }
+        if mode == "sequence" and not looped and graph.steps > UNROLL_STEPS:
+            report["note"] = (
+                f"{graph.steps} steps unrolled into one graph; --loop keeps it small"
+            )
+        if verify:
+            from .verify import verify_onnx
+
+            result = verify_onnx(net, tmp, mode)
+            report["verification"] = result
+            if not result["passed"]:
+                raise VerificationError(report)
+        os.replace(tmp, path)
+        return report
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _keep_state_inputs(proto, graph) -> None:
+    """Put back state inputs the exporter dropped as unused (e.g. the membrane of an
+    alpha neuron without reset): a device feeds every state in metadata order."""
+    import onnx
+
+    present = {value.name: value for value in proto.graph.input}
+    wanted = [("x_t", tuple(graph.input_shape))]
+    wanted += [(name, tuple(node.out_shape)) for node, _, name in state_names(graph)]
+    inputs = [
+        present.get(name)
+        or onnx.helper.make_tensor_value_info(
+            name, onnx.TensorProto.FLOAT, ["batch", *shape]
+        )
+        for name, shape in wanted
+    ]
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
+
+
+def _signature(values) -> list[str]:
+    """'name [batch, 1, 28, 28]' for each graph input or output."""
+    out = []
+    for value in values:
+        dims = value.type.tensor_type.shape.dim
+        shape = ", ".join(d.dim_param or str(d.dim_value) for d in dims)
+        out.append(f"{value.name} [{shape}]")
+    return out
+
+
+class VerificationError(UserError):
+    """onnxruntime disagrees with PyTorch; `report` holds the figures."""
+
+    def __init__(self, report: dict):
+        self.report = report
+        problems = "; ".join(report["verification"]["failures"])
+        super().__init__(
+            f"verification failed, {report['path']} not written: {problems}"
+        )
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_onnx(
+    spec,
+    onnx_path,
+    data_root=None,
+    limit_test: int | None = None,
+    batch_size: int | None = None,
+    download: bool = True,
+) -> dict[str, Any]:
+    """Test-set accuracy of an exported model (either mode) through onnxruntime.
+
+    The test split and its rate coding are those of `snncompile eval`: the same
+    data module, and the global RNG seeded with train.seed before the first batch,
+    so a faithful export gives the PyTorch accuracy.
+    """
+    import snncompile
+
+    from ..train.data import load_split
+    from .verify import encode_inputs, run_session, session
+
+    spec = _spec(spec)
+    graph = snncompile.analyze(spec)
+    if not Path(onnx_path).is_file():
+        raise UserError(f"ONNX file {onnx_path} does not exist")
+    try:
+        sess = session(onnx_path)
+    except Exception as err:  # noqa: BLE001 - not an ONNX file, or a broken one
+        raise UserError(f"cannot load {onnx_path}: {_first_line(err)}") from None
+    meta = sess.get_modelmeta().custom_metadata_map
+    if meta.get("spec_name", graph.name) != graph.name:
+        raise UserError(
+            f"{onnx_path} was exported from spec '{meta['spec_name']}', not '{graph.name}'"
+        )
+    mode = meta.get("mode", "sequence")
+    norm = spec.train.normalize
+    test = load_split(
+        graph,
+        train=False,
+        root=data_root,
+        limit=limit_test if limit_test is not None else spec.train.limit_test,
+        normalize=norm.model_dump() if norm else None,
+        download=download,
+    )
+    correct = 0
+    started = time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.train.seed)
+        for raw, labels in test.batches(batch_size or spec.train.eval_batch_size):
+            scores = run_session(sess, graph, mode, encode_inputs(graph, raw))[0]
+            correct += int((scores.argmax(-1) == labels).sum())
+    return {
+        "name": graph.name,
+        "test_accuracy": correct / max(len(test), 1),
+        "test_samples": len(test),
+        "samples": len(test),
+        "correct": correct,
+        "onnx": str(onnx_path),
+        "mode": mode,
+        "seconds": time.perf_counter() - started,
+    }
