@@ -26,7 +26,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 SCHEDULES = ("layered", "step")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runtime_definitions(module: str) -> dict[str, str]:
     """Top-level classes/functions of runtime/<module>.py, name -> exact source."""
     text = (RUNTIME / f"{module}.py").read_text(encoding="utf-8")
@@ -50,9 +50,34 @@ def _environment() -> jinja2.Environment:
 
 
 def ident(name: str) -> str:
-    """Guard: only plain identifiers become Python names in generated code."""
-    if not IDENTIFIER.match(name) or keyword.iskeyword(name) or name.startswith("__"):
+    """Guard: only plain ASCII identifiers become Python names in generated code
+    (no keywords, no dunders; fullmatch, so not even a trailing newline)."""
+    if (
+        not isinstance(name, str)
+        or not IDENTIFIER.fullmatch(name)
+        or keyword.iskeyword(name)
+        or name.startswith("__")
+    ):
         raise ValueError(f"refusing to render {name!r} as an identifier")
+    return name
+
+
+@functools.cache
+def reserved_attributes() -> frozenset[str]:
+    """Names a layer may not take: `self.<name>` must be the layer itself, not an
+    attribute of torch.nn.Module (train, eval, zero_grad...) or of Net."""
+    from torch import nn
+
+    return frozenset(dir(nn.Module())) | {"steps", "forward", "graph"}
+
+
+def layer_attribute(name: str) -> str:
+    """A layer name as an attribute of Net: an identifier that shadows nothing."""
+    if ident(name) in reserved_attributes():
+        raise ValueError(
+            f"refusing layer name {name!r}: it is an attribute of the network "
+            "(torch.nn.Module or Net); choose another name"
+        )
     return name
 
 
@@ -81,6 +106,22 @@ def lit(value: Any) -> str:
             + (")" if isinstance(value, tuple) else "]")
         )
     raise ValueError(f"refusing to render {type(value).__name__} as a literal")
+
+
+LINE = 88  # ruff's line length: long lines are laid out as `ruff format` would
+
+
+def _fit(head: str, func: str, parts: list[str], indent: str, tail: str = "") -> str:
+    """`head func(parts)tail` on one line if it fits at `indent`, else split as
+    ruff does it; lines joined by newlines, indented relative to the first."""
+    one = f"{head}{func}({', '.join(parts)}){tail}"
+    if len(indent + one) <= LINE:
+        return one
+    inner = f"    {', '.join(parts)}"
+    if len(indent + inner) <= LINE:
+        return f"{head}{func}(\n{inner}\n){tail}"
+    lines = "".join(f"    {p},\n" for p in parts)
+    return f"{head}{func}(\n{lines}){tail}"
 
 
 def _call(func: str, args: list[str], kwargs: dict[str, str], indent: str) -> str:
@@ -164,7 +205,6 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def _forward_layered(graph: Graph) -> list[str]:
     """Whole-sequence schedule: each layer runs once over all T steps."""
-    enc = graph.encoding
     lines: list[str] = []
     prefix = [n for n in graph.nodes if n.time_invariant]
     if prefix:
@@ -203,19 +243,25 @@ def _encode_line(graph: Graph, target: str) -> str:
     func = registry.ENCODERS[enc["type"]]
     if func is None:
         return f"{target} = x  # already a spike train [T, B, ...]"
-    kwargs = "".join(f", {ident(k)}={lit(v)}" for k, v in enc.items() if k != "type")
-    steps = "" if graph.sequence_input else ", self.steps"
-    return f"{target} = {func}(x{steps}{kwargs})  # [T, B, ...]"
+    args = ["x"] if graph.sequence_input else ["x", "self.steps"]
+    args += [f"{ident(k)}={lit(v)}" for k, v in enc.items() if k != "type"]
+    return _fit(f"{target} = ", func, args, "        ", "  # [T, B, ...]")
 
 
 def _returns(graph: Graph, spikes: list[str]) -> list[str]:
     out = graph.neuron_nodes[-1].name
-    record = ", ".join(f"{lit(n)}: spk_{n}" for n in spikes)
-    return [
-        "if all_spikes:",
-        f"    return spk_{out}, mem_{out}, {{{record}}}",
-        f"return spk_{out}, mem_{out}",
-    ]
+    items = [f"{lit(n)}: spk_{n}" for n in spikes]
+    record = "{" + ", ".join(items) + "}"
+    values = [f"spk_{out}", f"mem_{out}", record]
+    lines = ["if all_spikes:", f"    return {', '.join(values)}"]
+    if len(" " * 8 + lines[1]) > LINE:  # split as ruff does: one value per line
+        if len(" " * 16 + record + ",") > LINE:
+            record = "\n".join(["{", *(f"    {i}," for i in items), "},"])
+        else:
+            record += ","
+        values = [f"spk_{out},", f"mem_{out},", *record.split("\n")]
+        lines[1:] = ["    return (", *(f"        {v}" for v in values), "    )"]
+    return lines + [f"return spk_{out}, mem_{out}"]
 
 
 def _forward_step(graph: Graph) -> list[str]:
@@ -254,7 +300,7 @@ def model_context(graph: Graph, schedule: str = "layered") -> dict[str, Any]:
         raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
     ident(graph.name)
     for node in graph.nodes:
-        ident(node.name)
+        layer_attribute(node.name)
     neurons = graph.neuron_nodes
     surrogates = sorted(
         {registry.SURROGATES[n.params["surrogate"]["type"]][0] for n in neurons}
@@ -303,7 +349,11 @@ def model_context(graph: Graph, schedule: str = "layered") -> dict[str, Any]:
         "steps": graph.steps,
         "blocks": blocks,
         "layers": layers,
-        "forward": ["        " + line if line else "" for line in forward],
+        "forward": [
+            "        " + line if line else ""
+            for block in forward
+            for line in block.split("\n")
+        ],
         "input_doc": f"[{in_shape}]",
         "output_doc": f"(spk, mem) of {out.name}, each [T, B, {graph.num_classes}]",
         "schedule": schedule,
@@ -326,3 +376,233 @@ def render_model(graph: Graph, schedule: str = "layered") -> str:
         .get_template("model.py.j2")
         .render(context, net=net.rstrip() + "\n")
     )
+
+
+# --------------------------------------------------------------------------- scripts
+DATASET_TITLES = {
+    "mnist": ("MNIST", "MNIST"),
+    "fashion_mnist": ("FashionMNIST", "Fashion-MNIST"),
+    "kmnist": ("KMNIST", "KMNIST"),
+    "cifar10": ("CIFAR10", "CIFAR-10"),
+    "synthetic": (None, "synthetic data"),
+}
+# snncompile/train/data.py's synthetic dataset (tests/test_codegen.py compares them)
+SYNTHETIC = {"prototype_seed": 1234, "train": 2048, "test": 512, "noise": 0.35}
+OPTIMIZERS = {
+    "adam": "torch.optim.Adam",
+    "adamw": "torch.optim.AdamW",
+    "sgd": "torch.optim.SGD",
+}
+
+
+def _kwargs(params: dict[str, Any]) -> list[str]:
+    return [f"{ident(k)}={lit(v)}" for k, v in params.items()]
+
+
+def _loss_lines(graph: Graph) -> tuple[list[str], list[str], str]:
+    """Body of forward_loss, the runtime loss sources it needs, and a note."""
+    params = dict(graph.loss)
+    func = registry.LOSSES[params.pop("type")]
+    regularization = params.pop("rate_regularization", None)
+    sources = runtime_definitions("losses")
+    blocks = [sources[func]]
+    call = _fit("loss = ", func, ["spk", "mem", "targets"] + _kwargs(params), "    ")
+    if not regularization:
+        return ["spk, mem = model(x)", *call.split("\n")], blocks, ""
+    blocks.append(sources["rate_regularization"])
+    reg = _fit(
+        "loss = loss + ",
+        "rate_regularization",
+        ["list(records.values())"] + _kwargs(dict(regularization)),
+        "    ",
+    )
+    lines = [
+        "spk, mem, records = model(x, all_spikes=True)",
+        *call.split("\n"),
+        "# `loss.rate_regularization`: firing rates of every spiking layer",
+        *reg.split("\n"),
+    ]
+    return lines, blocks, " plus firing-rate regularization"
+
+
+def _to_input(graph: Graph, dataset: str) -> list[str]:
+    """Body of to_input(x): stored samples -> one model input batch."""
+    steps = []  # (expression of x, comment)
+    if dataset != "synthetic":
+        steps.append(("x.to(torch.float32).div_(255)", "as torchvision's ToTensor"))
+    if graph.train["normalize"]:
+        view = "(" + ", ".join(["-1"] + ["1"] * (len(graph.input_shape) - 1)) + ")"
+        mean, std = f"x.new_tensor(MEAN).view{view}", f"x.new_tensor(STD).view{view}"
+        steps.append((f"(x - {mean}) / {std}", ""))
+    if graph.sequence_input:
+        kind = graph.encoding["type"]
+        steps.append(("x.unsqueeze(0).expand(Net.steps, *x.shape)", f"{kind} input"))
+        if kind == "spikes":
+            steps.append(("torch.bernoulli(x.clamp(0, 1))", "spikes of intensities"))
+    if not steps:
+        return ["return x  # synthetic samples are model inputs already"]
+    lines = [f"x = {expr}" + (f"  # {note}" if note else "") for expr, note in steps]
+    lines[-1] = "return " + lines[-1][len("x = ") :]
+    return lines
+
+
+def _normalize(graph: Graph) -> dict[str, str] | None:
+    norm = graph.train["normalize"]
+    if not norm:
+        return None
+    channels = graph.input_shape[0] if len(graph.input_shape) > 1 else 1
+    for key in ("mean", "std"):
+        if len(norm[key]) not in (1, channels):
+            raise ValueError(
+                f"train.normalize.{key} has {len(norm[key])} values for "
+                f"{channels} channel(s)"
+            )
+    return {key: lit(tuple(float(v) for v in norm[key])) for key in ("mean", "std")}
+
+
+def _schedule(graph: Graph) -> dict[str, Any]:
+    """The LR factor per iteration, as snncompile train computes it."""
+    schedule = graph.train["schedule"]
+    if schedule["type"] == "none":
+        return {"schedule_lines": [], "schedule_arg": "", "schedule_call": ""}
+    if schedule["type"] == "cosine":
+        floor = float(schedule["eta_min"]) / float(graph.train["optimizer"]["lr"])
+        lines = ["cosine = math.cos(math.pi * min(iteration, total) / total)"]
+        if floor:
+            lines.append(f"floor = {lit(floor)}  # eta_min / lr")
+            lines.append("return floor + (1 - floor) * (1 + cosine) / 2")
+        else:  # eta_min 0: the same value as the general formula, exactly
+            lines.append("return (1 + cosine) / 2")
+        return {
+            "schedule_lines": lines,
+            "schedule_arg": "total",
+            "schedule_call": "per_epoch * epochs",
+        }
+    every = schedule["step_size"]
+    gamma = lit(float(schedule["gamma"]))
+    if every == 1:
+        decay = f"return {gamma}**epoch  # times gamma after every epoch"
+    else:
+        decay = f"return {gamma} ** (epoch // {lit(every)})  # every {every} epochs"
+    lines = ["epoch = iteration // per_epoch", decay]
+    return {
+        "schedule_lines": lines,
+        "schedule_arg": "per_epoch",
+        "schedule_call": "per_epoch",
+    }
+
+
+def _docstring(graph: Graph, title: str, synthetic: bool) -> str:
+    name = ident(graph.name)
+    root = "" if synthetic else " --data-root DATA"
+    needs = "torch" if synthetic else "torch and torchvision"
+    return f'''"""Train `{name}` on {title} with plain PyTorch.
+
+A spiking neural network and its training, generated from the spec `{name}` by
+`snncompile codegen`: change the spec and regenerate rather than editing this
+file. Needs only {needs}:
+
+    python {name}.py{root} --epochs {lit(graph.train["epochs"])} --out runs/{name}
+
+Every epoch prints the training loss and accuracy and the test loss and accuracy;
+--out receives metrics.json and model.pt (the trained state_dict). The model
+alone is `Net`: input {_net_input(graph)} -> (spk, mem) of the output layer,
+each [T, B, {graph.num_classes}].
+"""'''
+
+
+def _net_input(graph: Graph) -> str:
+    lead = "T, B" if graph.sequence_input else "B"
+    return "[" + ", ".join([lead] + [str(s) for s in graph.input_shape]) + "]"
+
+
+def script_context(graph: Graph, description: str | None = None) -> dict[str, Any]:
+    """Prepared values for templates/script.py.j2 (a standalone training script)."""
+    net, model = render_net(graph)
+    train = graph.train
+    dataset = train["dataset"]
+    cls, title = DATASET_TITLES[dataset]
+    synthetic = dataset == "synthetic"
+    decode = registry.DECODERS[graph.decoding]
+    decode_sources = runtime_definitions("decode")
+    decode_blocks = [decode_sources[decode], decode_sources["accuracy"]]
+    loss_lines, loss_blocks, note = _loss_lines(graph)
+    to_input = _to_input(graph, dataset)
+    optimizer = dict(train["optimizer"])
+    opt_type = optimizer.pop("type")
+    shape = ", ".join(str(s) for s in graph.input_shape)
+    blocks = [net, *decode_blocks, *loss_blocks]
+    schedule = _schedule(graph)
+    drop_last = train["drop_last"]
+    return {
+        "docstring": _docstring(graph, title, synthetic),
+        "name_lit": lit(ident(graph.name)),
+        "description_lit": lit(
+            f"Train {graph.name} ({title})." if description is None else description
+        ),
+        "epochs": lit(train["epochs"]),
+        "seed": lit(train["seed"]),
+        "device_lit": lit(train["device"]),
+        "limit_train": lit(train["limit_train"]),
+        "limit_test": lit(train["limit_test"]),
+        "batch_size": lit(train["batch_size"]),
+        "eval_batch_size": lit(train["eval_batch_size"]),
+        "eval_every": train["eval_every"],
+        "normalize": _normalize(graph),
+        "net": net.rstrip() + "\n",
+        "decoding": ident(graph.decoding),
+        "decode": decode,
+        "decode_blocks": decode_blocks,
+        "loss_type": ident(graph.loss["type"]),
+        "regularization_note": note,
+        "loss_blocks": loss_blocks,
+        "loss_lines": loss_lines,
+        "dataset": ident(dataset),
+        "synthetic": {
+            "prototype_seed": SYNTHETIC["prototype_seed"],
+            "prototypes_shape": f"{graph.num_classes}, {shape}",
+            "sample_shape": shape,
+            "train_count": SYNTHETIC["train"],
+            "test_count": SYNTHETIC["test"],
+            "noise": lit(SYNTHETIC["noise"]),
+        }
+        if synthetic
+        else None,
+        "classes": graph.num_classes,
+        "dataset_class": cls,
+        "images_expr": (
+            "torch.as_tensor(dataset.data).permute(0, 3, 1, 2).contiguous()"
+            if dataset == "cifar10"
+            else "dataset.data.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]"
+        ),
+        "shape_doc": shape,
+        "to_input_lines": to_input,
+        "optimizer_type": ident(opt_type),
+        "optimizer_lines": _fit(
+            "return ",
+            OPTIMIZERS[opt_type],
+            ["model.parameters()"] + _kwargs(optimizer),
+            "    ",
+        ).split("\n"),
+        "schedule_type": ident(train["schedule"]["type"]),
+        **schedule,
+        "root_arg": "" if synthetic else "data_root, ",
+        "per_epoch_expr": (
+            "len(train_labels) // BATCH_SIZE"
+            if drop_last
+            else "math.ceil(len(train_labels) / BATCH_SIZE)"
+        ),
+        "stop_expr": "per_epoch * BATCH_SIZE" if drop_last else "len(train_labels)",
+        "seen_expr": "(per_epoch * BATCH_SIZE)" if drop_last else "len(train_labels)",
+        "uses_math": model["uses_math"]
+        or any("math." in b for b in blocks)
+        or schedule["schedule_arg"] == "total"
+        or not drop_last,
+        "uses_functional": any("F." in b for b in blocks),
+    }
+
+
+def render_script(graph: Graph, description: str | None = None) -> str:
+    """A standalone training script for the graph (torch and torchvision only)."""
+    context = script_context(graph, description)
+    return _environment().get_template("script.py.j2").render(context)

@@ -1,0 +1,1 @@
+"""Standalone training scripts written by `snncompile codegen`."""

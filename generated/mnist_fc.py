@@ -1,0 +1,403 @@
+"""Train `mnist_fc` on MNIST with plain PyTorch.
+
+A spiking neural network and its training, generated from the spec `mnist_fc` by
+`snncompile codegen`: change the spec and regenerate rather than editing this
+file. Needs only torch and torchvision:
+
+    python mnist_fc.py --data-root DATA --epochs 1 --out runs/mnist_fc
+
+Every epoch prints the training loss and accuracy and the test loss and accuracy;
+--out receives metrics.json and model.pt (the trained state_dict). The model
+alone is `Net`: input [B, 1, 28, 28] -> (spk, mem) of the output layer,
+each [T, B, 10].
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+NAME = "mnist_fc"
+DESCRIPTION = "snnTorch Tutorial 5 - fully connected SNN on MNIST"
+
+# spec `train`: the defaults of the command-line options
+EPOCHS = 1
+SEED = 0
+DEVICE = "auto"
+LIMIT_TRAIN = None
+LIMIT_TEST = None
+BATCH_SIZE = 128
+EVAL_BATCH_SIZE = 1000
+
+
+# ------------------------------------------------------------------------ model
+# spec `input`, `steps` and `layers`: surrogate gradients, neurons and Net, the
+# very source that snncompile.build() executes for this spec.
+
+
+class ATan(torch.autograd.Function):
+    """Arctangent surrogate: dS/dU = (alpha / 2) / (1 + (pi / 2 * alpha * U)^2)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        alpha = ctx.alpha
+        return alpha / 2 / (1 + (math.pi / 2 * alpha * x).pow(2)) * grad, None
+
+
+class SpikingNeuron(nn.Module):
+    """Parameters, firing and the time loop shared by every neuron type."""
+
+    state_names = ("mem",)
+
+    def __init__(
+        self,
+        shape,
+        beta,
+        threshold=1.0,
+        reset="subtract",
+        learn_beta=False,
+        learn_threshold=False,
+        per_neuron=False,
+        surrogate=None,
+        surrogate_args=(),
+    ):
+        super().__init__()
+        self.size = tuple(shape) if per_neuron else ()
+        self.reset_mode = reset
+        self.surrogate = surrogate
+        self.surrogate_args = tuple(surrogate_args)
+        self.hard = False  # True: plain comparison instead of surrogate (inference)
+        self.constant("beta", beta, learn_beta)
+        self.constant("threshold", threshold, learn_threshold)
+
+    def constant(self, name, value, learn):
+        """A scalar or per-neuron parameter, learnable or a buffer."""
+        tensor = torch.full(self.size, float(value))
+        if learn:
+            setattr(self, name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+
+    def fire(self, mem):
+        """spk = S(mem - threshold)."""
+        shifted = mem - self.threshold
+        if self.hard or self.surrogate is None:
+            return (shifted > 0).to(mem.dtype)
+        return self.surrogate.apply(shifted, *self.surrogate_args)
+
+    def reset_signal(self, mem):
+        """Detached reset from the previous membrane: H(mem - threshold)."""
+        return (mem - self.threshold > 0).to(mem.dtype)
+
+    def init_state(self, cur):
+        """Zero states shaped like one step of input."""
+        return tuple(torch.zeros_like(cur) for _ in self.state_names)
+
+    def forward(self, cur):
+        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]."""
+        state = self.init_state(cur[0])
+        spks, mems = [], []
+        for t in range(cur.shape[0]):
+            spk, state = self.step(cur[t], state)
+            spks.append(spk)
+            mems.append(state[-1])
+        return torch.stack(spks), torch.stack(mems)
+
+
+class Leaky(SpikingNeuron):
+    """Leaky integrate-and-fire (snnTorch Leaky), b = clamp(beta, 0, 1):
+
+    subtract: mem[t] = b * mem[t-1] + I[t] - reset[t] * threshold
+    zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + I[t]
+    none:     mem[t] = b * mem[t-1] + I[t]
+    """
+
+    def step(self, cur, state):
+        (mem,) = state
+        reset = self.reset_signal(mem)
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mode == "subtract":
+            mem = beta * mem + cur - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = beta * ((1 - reset) * mem) + cur
+        else:
+            mem = beta * mem + cur
+        return self.fire(mem), (mem,)
+
+
+def time_batched(layer, x):
+    """Run `layer` once over all steps: [T, B, ...] -> [T * B, ...] -> [T, B, ...]."""
+    out = layer(x.flatten(0, 1))
+    return out.unflatten(0, x.shape[:2])
+
+
+class Net(nn.Module):
+    """Spiking network `mnist_fc`, 25 time steps."""
+
+    steps = 25
+
+    def __init__(self):
+        super().__init__()
+        # layers[0] flatten1 (flatten): [1, 28, 28] -> [784]; time-invariant
+        self.flatten1 = nn.Flatten()
+        # layers[1] fc1 (linear): [784] -> [1000]; time-invariant
+        self.fc1 = nn.Linear(
+            784,
+            1000,
+            bias=True,
+        )
+        # layers[2] lif1 (leaky): [1000] -> [1000]; state: mem
+        self.lif1 = Leaky(
+            (1000,),
+            beta=0.95,
+            threshold=1.0,
+            reset="subtract",
+            learn_beta=False,
+            learn_threshold=False,
+            per_neuron=False,
+            surrogate=ATan,
+            surrogate_args=(2.0,),
+        )
+        # layers[3] fc2 (linear): [1000] -> [10]
+        self.fc2 = nn.Linear(
+            1000,
+            10,
+            bias=True,
+        )
+        # layers[4] lif2 (leaky): [10] -> [10]; state: mem
+        self.lif2 = Leaky(
+            (10,),
+            beta=0.95,
+            threshold=1.0,
+            reset="subtract",
+            learn_beta=False,
+            learn_threshold=False,
+            per_neuron=False,
+            surrogate=ATan,
+            surrogate_args=(2.0,),
+        )
+
+    def forward(self, x, all_spikes=False):
+        """x [B, 1, 28, 28] -> (spk, mem) of lif2, each [T, B, 10].
+
+        With all_spikes=True, also returns every spiking layer's spikes by name.
+        """
+        # time-invariant prefix: computed once, shared by all 25 steps
+        h = x
+        h = self.flatten1(h)  # [784]
+        h = self.fc1(h)  # [1000]
+        h = h.expand(self.steps, *h.shape)  # [T, B, ...] without a copy
+        spk_lif1, _ = self.lif1(h)
+        h = spk_lif1
+        h = time_batched(self.fc2, h)  # [10]
+        spk_lif2, mem_lif2 = self.lif2(h)
+        if all_spikes:
+            return spk_lif2, mem_lif2, {"lif1": spk_lif1, "lif2": spk_lif2}
+        return spk_lif2, mem_lif2
+
+
+# ------------------------------------------------------------------------ decoding
+# spec `decoding: rate`: output records -> class scores [B, C].
+
+
+def decode_rate(spk, mem):
+    """Spike-count score: ``s[b, c] = sum_t spk[t, b, c]``."""
+    return spk.sum(dim=0)
+
+
+def accuracy(scores, targets):
+    """Correct count: ``n = sum_b 1[argmax_c scores[b, c] == targets[b]]``.
+
+    Returns a 0-dim int64 tensor on the scores' device (no host sync).
+    """
+    return (scores.argmax(dim=-1) == targets).sum()
+
+
+# ------------------------------------------------------------------------ loss
+# spec `loss: ce_membrane`.
+
+
+def loss_ce_membrane(spk, mem, targets):
+    """Per-step membrane cross entropy: ``L = sum_t CE(mem[t], y)``.
+
+    ``CE`` is batch-mean cross entropy (snnTorch tutorial 5); evaluated as one
+    flattened ``CE`` over ``[T * B, C]`` times ``T``.
+    """
+    steps = mem.shape[0]
+    logits = mem.reshape(-1, mem.shape[-1])
+    return F.cross_entropy(logits, targets.repeat(steps)) * steps
+
+
+def forward_loss(model, x, targets):
+    """Run the model on a batch: (loss, spk, mem) of the output layer."""
+    spk, mem = model(x)
+    loss = loss_ce_membrane(spk, mem, targets)
+    return loss, spk, mem
+
+
+# ------------------------------------------------------------------------ data
+# spec `train.dataset: mnist`, held in memory and scaled batch by batch.
+
+
+def load_split(root, train, limit, device):
+    """One MNIST split: uint8 images [N, 1, 28, 28], labels [N]."""
+    dataset = torchvision.datasets.MNIST(root, train=train, download=True)
+    inputs = dataset.data.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return inputs[:limit].to(device), labels[:limit].to(device)
+
+
+def to_input(x):
+    """Stored samples [N, 1, 28, 28] -> one model input batch."""
+    return x.to(torch.float32).div_(255)  # as torchvision's ToTensor
+
+
+# ------------------------------------------------------------------------ training
+# spec `train.optimizer: adam`, `train.schedule: none`.
+
+
+def make_optimizer(model):
+    """The spec's optimizer over all parameters of the model."""
+    return torch.optim.Adam(
+        model.parameters(), lr=0.0005, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0
+    )
+
+
+def train_step(model, optimizer, x, targets):
+    """One optimizer step on a batch: (loss, spk, mem), detached."""
+    loss, spk, mem = forward_loss(model, x, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), spk.detach(), mem.detach()
+
+
+@torch.no_grad()
+def evaluate(model, inputs, labels, seed):
+    """Test loss and accuracy; the same input encoding every time (seeded)."""
+    model.eval()
+    torch.manual_seed(seed)
+    total = torch.zeros((), device=labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        x = to_input(inputs[start : start + EVAL_BATCH_SIZE])
+        y = labels[start : start + EVAL_BATCH_SIZE]
+        loss, spk, mem = forward_loss(model, x, y)
+        total += loss * y.shape[0]
+        correct += accuracy(decode_rate(spk, mem), y)
+    return total.item() / len(labels), correct.item() / len(labels)
+
+
+def epoch_seed(seed, epoch):
+    """Seed of an epoch: its data order and every random draw in it."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(
+    data_root="data",
+    epochs=EPOCHS,
+    seed=SEED,
+    device=DEVICE,
+    limit_train=LIMIT_TRAIN,
+    limit_test=LIMIT_TEST,
+):
+    """Train from seeded initial weights; returns (model, metrics)."""
+    device = pick_device(device)
+    torch.manual_seed(seed)
+    model = Net().to(device)
+    train_inputs, train_labels = load_split(data_root, True, limit_train, device)
+    test_inputs, test_labels = load_split(data_root, False, limit_test, device)
+    per_epoch = len(train_labels) // BATCH_SIZE
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_labels)} training samples: not one batch")
+    optimizer = make_optimizer(model)
+    history = []
+    for epoch in range(1, epochs + 1):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        order = torch.randperm(len(train_labels), generator=generator).to(device)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        started = time.perf_counter()
+        for start in range(0, per_epoch * BATCH_SIZE, BATCH_SIZE):
+            index = order[start : start + BATCH_SIZE]
+            x, y = to_input(train_inputs[index]), train_labels[index]
+            loss, spk, mem = train_step(model, optimizer, x, y)
+            loss_sum += loss
+            correct += accuracy(decode_rate(spk, mem), y)
+        entry = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / per_epoch,
+            "train_accuracy": correct.item() / (per_epoch * BATCH_SIZE),
+            "seconds": time.perf_counter() - started,
+        }
+        text = (
+            f"epoch {epoch}/{epochs}: train loss {entry['train_loss']:.4f}, "
+            f"accuracy {entry['train_accuracy']:.2%} ({entry['seconds']:.1f} s)"
+        )
+        test_loss, test_accuracy = evaluate(model, test_inputs, test_labels, seed)
+        entry.update(test_loss=test_loss, test_accuracy=test_accuracy)
+        text += f"; test loss {test_loss:.4f}, accuracy {test_accuracy:.2%}"
+        print(text, flush=True)
+        history.append(entry)
+    metrics = {
+        "name": NAME,
+        "seed": seed,
+        "device": str(device),
+        "epochs": epochs,
+        "train_samples": len(train_labels),
+        "test_samples": len(test_labels),
+        "test_accuracy": history[-1]["test_accuracy"],
+        "test_loss": history[-1]["test_loss"],
+        "history": history,
+    }
+    return model, metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--data-root", default="data", help="torchvision data folder")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--out", default=f"runs/{NAME}", help="output folder")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:1...")
+    parser.add_argument("--limit-train", type=int, default=LIMIT_TRAIN, metavar="N")
+    parser.add_argument("--limit-test", type=int, default=LIMIT_TEST, metavar="N")
+    args = parser.parse_args(argv)
+    model, metrics = train(
+        args.data_root,
+        args.epochs,
+        args.seed,
+        args.device,
+        args.limit_train,
+        args.limit_test,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    torch.save(model.state_dict(), out / "model.pt")
+    print(f"test accuracy {metrics['test_accuracy']:.2%}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
