@@ -1,0 +1,150 @@
+"""`snncompile train` and `snncompile eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..spec.errors import UserError
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def _data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="folder holding the datasets (default: $SNNCOMPILE_DATA, else ./data)",
+    )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never try to download a missing dataset",
+    )
+
+
+# --------------------------------------------------------------------------- train
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="YAML or JSON spec file")
+    _data_root(parser)
+    parser.add_argument(
+        "--out", metavar="DIR", help="run directory (default runs/<name>-<time>)"
+    )
+    parser.add_argument("--epochs", type=_positive, help="override train.epochs")
+    parser.add_argument("--seed", type=_seed, help="override train.seed")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint.pt",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="train through torch.compile"
+    )
+    parser.add_argument(
+        "--limit-train", type=_positive, metavar="N", help="first N training samples"
+    )
+    parser.add_argument(
+        "--limit-test", type=_positive, metavar="N", help="first N test samples"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .loop import train
+
+    metrics = train(
+        args.spec,
+        data_root=args.data_root,
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        resume=args.resume,
+        compile=args.compile,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        progress=not args.quiet,
+        download=not args.no_download,
+    )
+    if metrics["compile_seconds"] is not None:
+        print(f"torch.compile: first iteration took {metrics['compile_seconds']:.1f} s")
+    seconds = sum(h["seconds"] for h in metrics["history"])
+    print(
+        f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.2%}, "
+        f"test loss {metrics['test_loss']:.4f} after {metrics['epochs']} epoch(s) "
+        f"({seconds:.1f} s training on {metrics['device']})"
+    )
+    print(f"run directory: {metrics['run_dir']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="YAML or JSON spec file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint", metavar="FILE", help="checkpoint.pt (or its run directory)"
+    )
+    source.add_argument(
+        "--onnx", metavar="FILE", help="evaluate an exported ONNX model"
+    )
+    _data_root(parser)
+    parser.add_argument(
+        "--limit-test", type=_positive, metavar="N", help="first N test samples"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _evaluate_onnx(args: argparse.Namespace) -> dict:
+    from ..spec.load import load
+
+    try:
+        from ..export.onnx import evaluate_onnx
+    except ImportError:
+        raise UserError("ONNX evaluation is not available") from None
+    return evaluate_onnx(
+        load(args.spec),
+        args.onnx,
+        args.data_root,
+        args.limit_test,
+        download=not args.no_download,
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .loop import evaluate
+
+    if args.onnx:
+        result = _evaluate_onnx(args)
+    else:
+        result = evaluate(
+            args.spec,
+            checkpoint=args.checkpoint,
+            data_root=args.data_root,
+            limit_test=args.limit_test,
+            download=not args.no_download,
+        )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"test accuracy: {result['test_accuracy']:.2%}")
+    if result.get("test_loss") is not None:
+        print(f"test loss:     {result['test_loss']:.4f}")
+    rates = result.get("firing_rates") or {}
+    if rates:
+        print("firing rates (spikes per neuron per step):")
+        width = max(len(name) for name in rates)
+        for name, rate in rates.items():
+            print(f"  {name.ljust(width)}  {rate:.4f}")
+    return 0

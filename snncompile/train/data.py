@@ -1,0 +1,212 @@
+"""Datasets as in-memory tensors, iterated in seeded random order.
+
+A dataset is loaded once into a `Split`: uint8 images (torchvision's `.data`) and
+int64 labels, moved to the training device. Each batch is scaled to [0, 1] on the
+fly (x / 255, what torchvision's ToTensor does), optionally normalized per channel
+and reshaped to the spec's input shape. There are no per-sample transforms and no
+DataLoader workers.
+
+`synthetic` is a generated, learnable dataset of any input shape: each class has a
+random prototype in [0, 1] and samples are prototypes plus Gaussian noise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..spec.errors import UserError
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + (
+    "test_batch",
+    "batches.meta",
+)
+# spec name -> (torchvision class, folder under the root, files, sample shape, classes)
+DATASETS = {
+    "mnist": ("MNIST", "MNIST/raw", MNIST_FILES, (1, 28, 28), 10),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", MNIST_FILES, (1, 28, 28), 10),
+    "kmnist": ("KMNIST", "KMNIST/raw", MNIST_FILES, (1, 28, 28), 10),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", CIFAR10_FILES, (3, 32, 32), 10),
+}
+SYNTHETIC_SIZES = {True: 2048, False: 512}  # train, test samples
+SYNTHETIC_NOISE = 0.35
+
+
+def data_root(root: str | os.PathLike | None) -> Path:
+    """--data-root, else $SNNCOMPILE_DATA, else ./data."""
+    return Path(root or os.environ.get("SNNCOMPILE_DATA") or "data")
+
+
+@dataclass
+class Split:
+    """One split in memory: inputs [N, ...] (uint8 0-255 or float) and labels [N]."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    shape: tuple[int, ...]  # the spec's input shape of one sample
+    mean: torch.Tensor | None = None  # per-channel normalization, [C, 1, ...]
+    std: torch.Tensor | None = None
+    steps: int = 0  # > 0: the model takes sequences [T, B, ...]
+    sequence: str = ""  # how a static sample becomes a sequence: "repeat" | "bernoulli"
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device) -> Split:
+        move = lambda t: None if t is None else t.to(device)
+        return Split(
+            move(self.inputs),
+            move(self.labels),
+            self.shape,
+            move(self.mean),
+            move(self.std),
+            self.steps,
+            self.sequence,
+        )
+
+    def batch(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs [B, *shape] (or [T, B, *shape]) in float32, and labels [B]."""
+        x = self.inputs[index]
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32).div_(255)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        x = x.reshape(x.shape[0], *self.shape)
+        if self.steps:
+            x = x.unsqueeze(0).expand(self.steps, *x.shape)
+            if self.sequence == "bernoulli":  # global RNG: reseeded per epoch
+                x = torch.bernoulli(x.clamp(0, 1))
+        return x, self.labels[index]
+
+    def batches(self, batch_size: int, order=None, drop_last=False, skip=0):
+        """Yield (x, y) over the split, in `order` (a permutation) if given,
+        leaving out the first `skip` batches."""
+        stop = len(self) - len(self) % batch_size if drop_last else len(self)
+        for start in range(skip * batch_size, stop, batch_size):
+            end = min(start + batch_size, len(self))
+            yield self.batch(slice(start, end) if order is None else order[start:end])
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        if drop_last:
+            return len(self) // batch_size
+        return math.ceil(len(self) / batch_size)
+
+
+def _missing_message(name: str, root: Path, reason: str) -> str:
+    cls, folder, files, _, _ = DATASETS[name]
+    listing = "\n".join(f"  {root / folder / f}" for f in files)
+    return (
+        f"dataset {name!r} is not in {root} and could not be downloaded ({reason}).\n"
+        f"torchvision.datasets.{cls} expects these files:\n{listing}\n"
+        "Put them there, or pass the folder that holds them with --data-root DIR "
+        "(or set SNNCOMPILE_DATA)."
+    )
+
+
+def _have_files(name: str, root: Path) -> bool:
+    _, folder, files, _, _ = DATASETS[name]
+    return all(
+        (root / folder / f).exists() or (root / folder / f"{f}.gz").exists()
+        for f in files
+    )
+
+
+def _torchvision(name: str, root: Path, train: bool, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, DATASETS[name][0])
+    if not _have_files(name, root):
+        if not download:
+            raise UserError(_missing_message(name, root, "downloads are off"))
+        try:
+            cls(str(root), train=train, download=True)
+        except Exception as err:  # noqa: BLE001 (no network, permission, checksum...)
+            reason = str(err).strip().splitlines()
+            raise UserError(
+                _missing_message(name, root, reason[-1] if reason else repr(err))
+            ) from None
+    try:
+        dataset = cls(str(root), train=train, download=False)
+    except Exception as err:  # noqa: BLE001 (truncated or corrupt files)
+        raise UserError(
+            _missing_message(name, root, f"reading failed: {err}")
+        ) from None
+    inputs = torch.as_tensor(dataset.data)
+    if inputs.dim() == 4:  # CIFAR: [N, H, W, C] -> [N, C, H, W]
+        inputs = inputs.permute(0, 3, 1, 2).contiguous()
+    else:
+        inputs = inputs.unsqueeze(1)
+    return inputs, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _synthetic(shape, classes: int, train: bool, steps: int):
+    """Class prototypes in [0, 1] plus noise, the same for every training seed."""
+    prototypes = torch.rand(
+        classes, *shape, generator=torch.Generator().manual_seed(1234)
+    )
+    count = SYNTHETIC_SIZES[train]
+    gen = torch.Generator().manual_seed(1 if train else 2)
+    labels = torch.randperm(count, generator=gen) % classes
+    noise = torch.randn(count, *shape, generator=gen) * SYNTHETIC_NOISE
+    return (prototypes[labels] + noise).clamp_(0, 1), labels
+
+
+def load_split(
+    graph,
+    train: bool,
+    root=None,
+    limit: int | None = None,
+    normalize=None,
+    download: bool = True,
+) -> Split:
+    """The train or test split of the spec's dataset, limited to `limit` samples."""
+    name = graph.train["dataset"]
+    shape = tuple(graph.input_shape)
+    if name == "synthetic":
+        inputs, labels = _synthetic(shape, graph.num_classes, train, graph.steps)
+        native = shape
+    else:
+        inputs, labels = _torchvision(name, data_root(root), train, download)
+        native = DATASETS[name][3]
+        if math.prod(native) != math.prod(shape):
+            raise UserError(
+                f"dataset {name!r} has samples of shape {list(native)} but the spec's "
+                f"input.shape is {list(shape)}"
+            )
+        if DATASETS[name][4] > graph.num_classes:
+            raise UserError(
+                f"dataset {name!r} has {DATASETS[name][4]} classes but the output "
+                f"layer has {graph.num_classes} neurons"
+            )
+    if limit is not None:
+        inputs, labels = inputs[:limit], labels[:limit]
+    mean = std = None
+    if normalize:
+        channels = native[0] if len(native) > 1 else 1
+        view = (-1,) + (1,) * (len(native) - 1)
+        for key in ("mean", "std"):
+            if len(normalize[key]) not in (1, channels):
+                raise UserError(
+                    f"train.normalize.{key} has {len(normalize[key])} values; "
+                    f"dataset {name!r} has {channels} channel(s)"
+                )
+        mean = torch.tensor(normalize["mean"], dtype=torch.float32).view(view)
+        std = torch.tensor(normalize["std"], dtype=torch.float32).view(view)
+    kind = graph.encoding["type"]
+    if not graph.sequence_input:
+        steps, sequence = 0, ""
+    elif kind == "delta":
+        steps, sequence = graph.steps, "repeat"  # a static frame: delta fires at onset
+    else:  # "spikes": a Bernoulli spike train of each sample's intensities
+        steps, sequence = graph.steps, "bernoulli"
+    return Split(inputs, labels, shape, mean, std, steps, sequence)
