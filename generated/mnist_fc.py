@@ -110,8 +110,10 @@ class SpikingNeuron(nn.Module):
         """cur [T, B, ...] -> (spk, mem), each [T, B, ...]."""
         state = self.init_state(cur[0])
         spks, mems = [], []
-        for t in range(cur.shape[0]):
-            spk, state = self.step(cur[t], state)
+        # unbind, not cur[t]: indexing would make backward allocate and sum T
+        # full-size gradients (quadratic in T); unbind's backward is one stack
+        for cur_t in cur.unbind(0):
+            spk, state = self.step(cur_t, state)
             spks.append(spk)
             mems.append(state[-1])
         return torch.stack(spks), torch.stack(mems)
