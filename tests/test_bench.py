@@ -1,0 +1,89 @@
+"""Smoke test of `snncompile bench` on a tiny synthetic spec (no timing claims)."""
+
+import json
+
+import pytest
+
+from snncompile.cli import main
+
+TINY = """\
+snncompile: 1
+name: tiny_bench
+input:
+  shape: [1, 8, 8]
+  encoding: {type: direct}
+steps: 4
+defaults:
+  beta: 0.9
+  threshold: 0.5
+layers:
+  - {type: flatten}
+  - {type: linear, name: fc1, out_features: 16}
+  - {type: leaky, name: lif1}
+  - {type: linear, name: fc2, out_features: 3}
+  - {type: leaky, name: lif2}
+decoding: {type: rate}
+loss: {type: ce_membrane}
+train:
+  dataset: synthetic
+  batch_size: 8
+  optimizer: {type: adam, lr: 1.0e-3}
+"""
+
+ROWS = [
+    "snnTorch tutorial loop",
+    "snncompile step schedule",
+    "snncompile eager",
+    "snncompile eager + fused Leaky",
+    "onnxruntime (ONNX)",
+]
+
+
+def _bench(tmp_path, capsys, *extra):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(spec), "--batch", "8", "--repeats", "2", "--warmup", "1"]
+    code = main([*argv, "--no-compile", "--json", str(out), *extra])
+    return code, capsys.readouterr().out, json.loads(out.read_text())
+
+
+def test_bench_table_and_exactness(tmp_path, capsys):
+    pytest.importorskip("snntorch")
+    code, text, report = _bench(tmp_path, capsys)
+    assert code == 0, text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0][2:] for row in table[1:]] == ROWS
+    assert [r["variant"] for r in report["rows"]] == ROWS
+    assert "exactness check: PASSED" in text
+    exact = report["exactness"]
+    assert exact["passed"] and set(exact["variants"]) == {
+        "step",
+        "eager",
+        "fused",
+        "onnx",
+    }
+    for key, entry in exact["variants"].items():
+        assert entry["spikes_equal"] and entry["max_mem_diff"] == 0.0
+        assert entry.get("train_spikes_equal") is (None if key == "onnx" else True)
+    trained = [r for r in report["rows"] if r["key"] != "onnx"]
+    for row in trained:
+        assert row["train_samples_per_s"] > 0 and row["peak_train_mb"] > 0
+    # the reference row is the unit of every ratio
+    assert report["rows"][0]["train_speedup"] == 1.0
+    assert report["rows"][0]["infer_speedup"] == 1.0
+
+
+def test_bench_step_reference(tmp_path, capsys):
+    """Without the snnTorch loop the reference is snncompile's per-step schedule."""
+    code, text, report = _bench(tmp_path, capsys, "--reference", "step")
+    assert code == 0, text
+    assert report["rows"][0]["variant"] == "per-step loop"
+    assert "exactness check: PASSED" in text
+
+
+def test_bench_rejects_bad_arguments(tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    assert main(["bench", str(spec), "--repeats", "0"]) == 2
+    assert "error:" in capsys.readouterr().err
