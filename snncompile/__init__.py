@@ -33,7 +33,7 @@ def build(spec: Spec, schedule: str = "layered", seed: int | None = None):
     return build_graph(analyze(spec), schedule=schedule, seed=seed)
 
 
-def compile(spec: Spec, seed: int | None = None, **compile_kwargs):  # noqa: A001
+def compile(spec: Spec, seed: int | None = None, **compile_kwargs):
     """build(spec) wrapped in torch.compile."""
     import torch
 
@@ -41,14 +41,14 @@ def compile(spec: Spec, seed: int | None = None, **compile_kwargs):  # noqa: A00
 
 
 __all__ = [
-    "load",
-    "loads",
-    "analyze",
-    "build",
-    "compile",
+    "Problem",
     "Spec",
     "SpecError",
     "UserError",
-    "Problem",
     "__version__",
+    "analyze",
+    "build",
+    "compile",
+    "load",
+    "loads",
 ]

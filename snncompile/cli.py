@@ -159,7 +159,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     fmt = lambda row: "  ".join(
         c.rjust(w) if i in right else c.ljust(w)
         for i, (c, w) in enumerate(zip(row, widths))
-    )  # noqa: E731
+    )
     print(
         f"{graph.name}: {graph.steps} steps, {graph.encoding['type']} encoding, "
         f"{graph.decoding} decoding, {graph.loss['type']} loss"

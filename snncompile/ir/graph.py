@@ -6,9 +6,10 @@ per-sample shapes (batch and time axes excluded).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 Shape = tuple[int, ...]
 

@@ -274,7 +274,9 @@ def _parse_json(text: str, source: SourceMap) -> Any:
     except RecursionError:
         pass  # valid up to a depth the scan below refuses, with its position
     except ValueError as err:  # e.g. an integer beyond Python's digit limit
-        raise SpecError([Problem(source.file, None, None, (), f"invalid JSON: {err}")]) from None
+        raise SpecError(
+            [Problem(source.file, None, None, (), f"invalid JSON: {err}")]
+        ) from None
     problems = _JsonPositions(text, source).problems  # also finds duplicate keys
     if problems:
         raise SpecError(problems)

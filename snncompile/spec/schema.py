@@ -100,7 +100,7 @@ class SpikeRateEscape(Strict):
 
 
 Surrogate = Annotated[
-    Union[ATan, FastSigmoid, Sigmoid, Triangular, StraightThrough, SpikeRateEscape],
+    ATan | FastSigmoid | Sigmoid | Triangular | StraightThrough | SpikeRateEscape,
     Field(discriminator="type"),
 ]
 ResetMode = Literal["subtract", "zero", "none"]
@@ -151,7 +151,7 @@ class SpikesEncoding(Strict):
 
 
 Encoding = Annotated[
-    Union[DirectEncoding, RateEncoding, LatencyEncoding, DeltaEncoding, SpikesEncoding],
+    DirectEncoding | RateEncoding | LatencyEncoding | DeltaEncoding | SpikesEncoding,
     Field(discriminator="type"),
 ]
 
@@ -298,7 +298,7 @@ class ConvRecurrence(Strict):
 
 
 Recurrence = Annotated[
-    Union[LinearRecurrence, OneToOneRecurrence, ConvRecurrence],
+    LinearRecurrence | OneToOneRecurrence | ConvRecurrence,
     Field(discriminator="type"),
 ]
 
@@ -342,22 +342,20 @@ class RSynaptic(LayerBase, SynapticFields):
 
 
 Layer = Annotated[
-    Union[
-        Linear,
-        Conv1d,
-        Conv2d,
-        MaxPool2d,
-        AvgPool2d,
-        Flatten,
-        Dropout,
-        BatchNorm1d,
-        BatchNorm2d,
-        Leaky,
-        Synaptic,
-        Alpha,
-        RLeaky,
-        RSynaptic,
-    ],
+    Linear
+    | Conv1d
+    | Conv2d
+    | MaxPool2d
+    | AvgPool2d
+    | Flatten
+    | Dropout
+    | BatchNorm1d
+    | BatchNorm2d
+    | Leaky
+    | Synaptic
+    | Alpha
+    | RLeaky
+    | RSynaptic,
     Field(discriminator="type"),
 ]
 NEURON_TYPES = ("leaky", "synaptic", "alpha", "rleaky", "rsynaptic")
@@ -445,9 +443,7 @@ class CETemporal(LossBase):
 
 
 Loss = Annotated[
-    Union[
-        CEMembrane, CERate, CECount, MSECount, CEMaxMembrane, MSEMembrane, CETemporal
-    ],
+    CEMembrane | CERate | CECount | MSECount | CEMaxMembrane | MSEMembrane | CETemporal,
     Field(discriminator="type"),
 ]
 
@@ -478,7 +474,7 @@ class SGD(Strict):
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty.")
 
 
-Optimizer = Annotated[Union[Adam, AdamW, SGD], Field(discriminator="type")]
+Optimizer = Annotated[Adam | AdamW | SGD, Field(discriminator="type")]
 
 
 class NoSchedule(Strict):
@@ -501,7 +497,7 @@ class StepSchedule(Strict):
 
 
 Schedule = Annotated[
-    Union[NoSchedule, CosineSchedule, StepSchedule], Field(discriminator="type")
+    NoSchedule | CosineSchedule | StepSchedule, Field(discriminator="type")
 ]
 
 DatasetName = Literal["mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic"]
