@@ -495,3 +495,26 @@ def test_cli_export(fc_spec, tmp_path, capsys):
     assert report["inputs"][1:] == [
         f"{n} [batch, {node.out_shape[0]}]" for node, _, n in state_names(graph)
     ]
+
+
+def _output_dims(path) -> dict[str, list]:
+    proto = onnx.load(str(path))
+    return {
+        out.name: [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+        for out in proto.graph.output
+    }
+
+
+def test_output_axes_are_batch_or_static(fc_spec, tmp_path):
+    graph = snncompile.analyze(snncompile.load(fc_spec))
+    classes, steps = graph.num_classes, graph.steps
+    seq, step = tmp_path / "seq.onnx", tmp_path / "step.onnx"
+    export_onnx(fc_spec, seq, mode="sequence", seed=0)
+    export_onnx(fc_spec, step, mode="step", seed=0)
+    dims = _output_dims(seq)
+    assert dims["scores"] == ["batch", classes]
+    assert dims["spk"] == dims["mem"] == [steps, "batch", classes]
+    dims = _output_dims(step)
+    assert dims["spk"] == dims["mem"] == ["batch", classes]
+    for node, _, name in state_names(graph):
+        assert dims[f"{name}_out"] == ["batch", *node.out_shape]

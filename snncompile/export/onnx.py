@@ -318,7 +318,34 @@ def _trace(net, mode: str, looped: bool, opset: int, tmp: str):
     proto = onnx.load(tmp)
     if mode == "step":
         _keep_state_inputs(proto, graph)
+    _static_output_dims(proto, graph, mode)
     return proto
+
+
+def _static_output_dims(proto, graph, mode: str) -> None:
+    """Name the batch axis `batch` and write every other output axis as its size
+    (the exporter leaves generated symbols such as `ReduceSum..._dim_1`)."""
+    classes, steps = graph.num_classes, graph.steps
+    if mode == "sequence":
+        shapes = {
+            "scores": (None, classes),
+            "spk": (steps, None, classes),
+            "mem": (steps, None, classes),
+        }
+    else:
+        shapes = {"spk": (None, classes), "mem": (None, classes)}
+        for node, _, name in state_names(graph):
+            shapes[f"{name}_out"] = (None, *node.out_shape)
+    for output in proto.graph.output:
+        want = shapes.get(output.name)
+        dims = output.type.tensor_type.shape.dim
+        if want is None or len(dims) != len(want):
+            continue
+        for dim, size in zip(dims, want):
+            if size is None:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = size
 
 
 def export_onnx(
