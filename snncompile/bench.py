@@ -78,8 +78,8 @@ from torch import nn
 
 from . import registry
 from .runtime import decode as decode_module
-from .runtime import losses as loss_module
 from .spec.errors import UserError
+from .train.loop import make_loss, make_optimizer
 
 SNNTORCH_SURROGATES = {  # spec surrogate -> (snntorch.surrogate function, fields)
     "atan": ("atan", ("alpha",)),
@@ -258,34 +258,6 @@ def uses_fused(net) -> bool:
     return "LeakySequence" in source or "fused_leaky" in source
 
 
-def make_loss(graph):
-    params = dict(graph.loss)
-    function = getattr(loss_module, registry.LOSSES[params.pop("type")])
-    regularization = params.pop("rate_regularization", None)
-    regularization = dict(regularization) if regularization else None
-
-    def loss(spk, mem, targets, records):
-        value = function(spk, mem, targets, **params)
-        if regularization:
-            value = value + loss_module.rate_regularization(
-                list(records.values()), **regularization
-            )
-        return value
-
-    return loss, regularization is not None
-
-
-def make_optimizer(params, graph, fused: bool = False):
-    """The spec's optimizer; `fused`: torch's single-kernel implementation of the
-    same update (same math, not bit-identical), which snncompile variants use."""
-    options = dict(graph.train["optimizer"])
-    kind = options.pop("type")
-    if "betas" in options:
-        options["betas"] = tuple(options["betas"])
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-    return cls[kind](params, **options, **({"fused": True} if fused else {}))
-
-
 def make_batch(graph, batch: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     shape = tuple(graph.input_shape)
@@ -374,7 +346,7 @@ class Bench:
             if variant.trainable:
                 own = variant.key not in ("reference", "step")
                 parameters = variant.model.parameters()
-                variant.optimizer = make_optimizer(parameters, graph, fused and own)
+                variant.optimizer = make_optimizer(parameters, self.spec, fused and own)
         if fused:
             self.notes.append(
                 "snncompile eager/fused/compiled variants step the optimizer with "

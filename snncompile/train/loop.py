@@ -69,11 +69,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % 2**63
 
 
-def make_optimizer(params, spec: Spec) -> torch.optim.Optimizer:
+def make_optimizer(params, spec: Spec, fused: bool = False) -> torch.optim.Optimizer:
+    """The spec's optimizer; `fused`: torch's single-kernel implementation of the
+    same update (same math, not bit-identical)."""
     options = spec.train.optimizer.model_dump()
     kind = options.pop("type")
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
+    if fused:
+        options["fused"] = True
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     try:
         return cls[kind](params, **options)
