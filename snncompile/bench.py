@@ -58,11 +58,9 @@ training step. The exit status is 1 if any differ (onnxruntime is informative).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -77,6 +75,7 @@ import torch
 from torch import nn
 
 from . import registry
+from .quiet import quiet_stderr
 from .runtime import decode as decode_module
 from .spec.errors import UserError
 from .train.loop import make_loss, make_optimizer
@@ -573,7 +572,7 @@ def peak_tensor_bytes(step: Callable[[], None]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with (
-        _quiet_stderr(),
+        quiet_stderr(),  # the profiler logs "no GPU found" and the like
         profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
     ):
         step()
@@ -587,21 +586,6 @@ def peak_tensor_bytes(step: Callable[[], None]) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the profiler's C++ log lines (no GPU found, blocks allocated before
-    profiling) by pointing file descriptor 2 at /dev/null meanwhile."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _status_kb(field_name: str) -> int:

@@ -33,7 +33,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..quiet import quiet_stderr
 from ..spec.errors import UserError
 from ..spec.schema import Spec
 from .loop import UNROLL_STEPS, looped_model
@@ -205,17 +205,12 @@ def example_inputs(graph, mode: str, batch: int = 2) -> tuple[torch.Tensor, ...]
 def _quiet_exporter_log():
     """On a failure the TorchScript exporter's C++ side dumps the whole traced
     graph to its log (switched on by every export, whatever `verbose` says):
-    send the log to unbuffered stderr and point that at /dev/null meanwhile."""
-    sys.stderr.flush()
+    send the log to stderr and silence that meanwhile."""
     torch._C._jit_set_onnx_log_output_stream("stderr")
-    saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
+        with quiet_stderr():
+            yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
         torch._C._jit_set_onnx_log_output_stream("stdout")  # torch's default
 
 
