@@ -32,7 +32,7 @@ DEVICE = "auto"
 LIMIT_TRAIN = None
 LIMIT_TEST = None
 BATCH_SIZE = 128
-EVAL_BATCH_SIZE = 1000
+EVAL_BATCH_SIZE = 128
 
 
 # ------------------------------------------------------------------------ model
@@ -55,10 +55,314 @@ class FastSigmoid(torch.autograd.Function):
         return grad / (ctx.slope * torch.abs(x) + 1.0) ** 2, None
 
 
+class _SurrogateContext:
+    """Stands in for autograd's ctx so a surrogate's backward can run directly."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def surrogate_grad(surrogate, args, shifted, grad):
+    """grad * S'(shifted), computed by the surrogate's own backward formula.
+
+    `surrogate` is the autograd.Function or its (forward, backward) pair, plain
+    functions that torch.compile can trace. The forward runs on an empty slice
+    only to set its constants; every surrogate saves exactly its input, which is
+    then the full tensor.
+    """
+    if not isinstance(surrogate, tuple):
+        surrogate = (surrogate.forward, surrogate.backward)
+    forward, backward = surrogate
+    ctx = _SurrogateContext()
+    ctx.saved_tensors = ()
+    forward(ctx, shifted[:0], *args)
+    ctx.saved_tensors = (shifted,)
+    grads = backward(ctx, grad)
+    return grads[0] if isinstance(grads, tuple) else grads
+
+
+def first_reset(threshold, shape, dtype):
+    """reset[0] = H(0 - threshold), the reset signal of the zero state (a view)."""
+    return (0 - threshold > 0).to(dtype).expand(shape)
+
+
+def leaky_integrate(out, mem, cur, flag, b, threshold, reset):
+    """out = the membrane after one step, by the reference's operations in order.
+
+    flag = reset[t]; for subtract with a scalar threshold `threshold` is a float:
+    m - 1 * thr rounds once like the reference's m - (1 * thr), bit for bit.
+    """
+    if reset == "zero":
+        torch.mul(1 - flag, mem, out=out)
+        out.mul_(b)
+    else:
+        torch.mul(b, mem, out=out)
+    out.add_(cur)
+    if reset == "subtract":
+        if isinstance(threshold, float):
+            out.sub_(flag, alpha=threshold)
+        else:
+            out.sub_(flag * threshold)
+    return out
+
+
+def leaky_step(mem, cur, flag, b, threshold, reset):
+    """The same step out of place: what torch.compile fuses into one loop."""
+    if reset == "zero":
+        return b * ((1 - flag) * mem) + cur
+    if reset == "subtract":
+        return b * mem + cur - flag * threshold
+    return b * mem + cur
+
+
+def leaky_run(cur, b, threshold, steps, reset, record=True, stride=0):
+    """The forward pass, eagerly, in place: the spike record [T, B, ...], the
+    membrane record (None unless `record`) and, if `stride`, the membranes after
+    steps stride - 1, 2 stride - 1, ... before the last (the checkpoints)."""
+    constant = steps is not None
+    steps = steps if constant else cur.shape[0]
+    shape = cur.shape if constant else cur.shape[1:]
+    mem_rec = cur.new_empty((steps, *shape)) if record else None
+    spk_rec = cur.new_empty((steps, *shape))
+    state = None if record else cur.new_empty(shape)  # updated in place
+    shifted = cur.new_empty(shape)
+    thr = threshold.item() if threshold.dim() == 0 else threshold
+    mem = cur.new_zeros(()).expand(shape)  # the zero state, without storage
+    flag = first_reset(threshold, shape, cur.dtype)
+    checkpoints = []
+    for t in range(steps):
+        out = mem_rec[t] if record else state
+        mem = leaky_integrate(
+            out, mem, cur if constant else cur[t], flag, b, thr, reset
+        )
+        torch.sub(mem, threshold, out=shifted)
+        flag = torch.gt(shifted, 0, out=spk_rec[t])  # spk[t] = reset[t + 1]
+        if stride and t % stride == stride - 1 and t < steps - 1:
+            checkpoints.append(mem.clone())
+    saved = torch.stack(checkpoints) if checkpoints else cur.new_empty((0, *shape))
+    return spk_rec, mem_rec, saved
+
+
+def leaky_scan(cur, b, threshold, steps, reset, record=True):
+    """The forward pass out of place, for torch.compile (same values as leaky_run):
+    the spike record and the membrane record (None unless `record`)."""
+    constant = steps is not None
+    steps = steps if constant else cur.shape[0]
+    mem = torch.zeros_like(cur if constant else cur[0])
+    flag = (mem - threshold > 0).to(cur.dtype)
+    spks, mems = [], []
+    for t in range(steps):
+        mem = leaky_step(mem, cur if constant else cur[t], flag, b, threshold, reset)
+        flag = (mem - threshold > 0).to(cur.dtype)
+        spks.append(flag)
+        mems.append(mem)
+    return torch.stack(spks), torch.stack(mems) if record else None
+
+
+def _add(total, term):
+    return term if total is None else total + term
+
+
+def leaky_backward(
+    cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
+):
+    """Per-element gradients (cur, b, threshold) of a Leaky sequence, from the end.
+
+    saved: every membrane (stride 0), or those entering segments of `stride` steps,
+    the rest recomputed from cur and the spikes. options: reset, surrogate,
+    surrogate_args, constant, needs (cur, b, threshold), small (surrogate over a
+    segment at once), into (a buffer for the input gradient, None: stacked).
+    """
+    reset, surrogate, args, constant, needs, small, into = options
+    need_cur, need_b, need_threshold = needs
+    steps, shape = spk_rec.shape[0], spk_rec.shape[1:]
+    fire = grad_spk is not None and surrogate is not None
+    first = first_reset(threshold, shape, spk_rec.dtype)
+    zero_state = spk_rec.new_zeros(()).expand(shape)
+    total = b_sum = fire_sum = reset_sum = after = None  # after: d[t + 1]
+    grads = []
+    length = stride or steps
+    for start in range((steps - 1) // length * length, -1, -length):
+        end = min(start + length, steps)
+        entering = saved[start // length - 1] if start else zero_state
+        if stride:  # recompute this segment's membranes exactly
+            mems, mem = [], entering
+            for t in range(start, end):
+                flag = spk_rec[t - 1] if t else first
+                mem = leaky_step(mem, cur, flag, b, threshold, reset)
+                mems.append(mem)
+        else:
+            mems = saved[start:end]
+        fired = None
+        if fire and small and not stride:
+            fired = surrogate_grad(
+                surrogate, args, mems - threshold, grad_spk[start:end]
+            )
+        for t in range(end - 1, start - 1, -1):
+            d = None
+            if fire:
+                if fired is None:
+                    shifted = mems[t - start] - threshold
+                    d = surrogate_grad(surrogate, args, shifted, grad_spk[t])
+                else:
+                    d = fired[t - start]
+                if need_threshold:
+                    fire_sum = _add(fire_sum, d)
+            if grad_mem is not None:
+                d = grad_mem[t] if d is None else d + grad_mem[t]
+            if after is not None:  # d[t] += f[t + 1] * d[t + 1]
+                factor = b * (1 - spk_rec[t]) if reset == "zero" else b
+                d = d + factor * after
+            flag = spk_rec[t - 1] if t else first
+            if need_b and t:  # the state that b multiplied at step t
+                prev = mems[t - start - 1] if t > start else entering
+                prev = (1 - flag) * prev if reset == "zero" else prev
+                b_sum = _add(b_sum, d * prev)
+            if need_threshold and reset == "subtract":
+                reset_sum = _add(reset_sum, d * flag)
+            if need_cur and constant:
+                total = _add(total, d)
+            elif need_cur and into is not None:
+                into[t].copy_(d)
+            elif need_cur:
+                grads.append(d)
+            after = d
+    grad_cur = None
+    if need_cur:
+        grad_cur = total if constant else into
+        grad_cur = torch.stack(grads[::-1]) if grad_cur is None else grad_cur
+    grad_b = None
+    if need_b:
+        grad_b = torch.zeros_like(b) if b_sum is None else b_sum.sum_to_size(b.shape)
+    grad_threshold = None
+    if need_threshold:
+        grad_threshold = torch.zeros_like(threshold)
+        for part in (fire_sum, reset_sum):
+            if part is not None:
+                grad_threshold = grad_threshold - part.sum_to_size(threshold.shape)
+    return grad_cur, grad_b, grad_threshold
+
+
+def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
+    """`function` through torch.compile, wrapped once per function (dynamo then
+    compiles it once per layer and shape; static shapes: the fastest kernels)."""
+    if function not in kernels:
+        kernels[function] = torch.compile(function, dynamic=False)
+    return kernels[function]
+
+
+class LeakySequence(torch.autograd.Function):
+    """(cur, b, threshold) -> (spk, mem), each [T, B, ...]; see the module doc."""
+
+    # elements per step below which per-step kernels cost more in dispatch than in
+    # arithmetic: then the surrogate runs once over a whole segment
+    small_step = 1 << 14
+
+    @staticmethod
+    def forward(ctx, cur, b, threshold, steps, options):
+        reset, surrogate, surrogate_args, compiled, record = options
+        constant = steps is not None
+        shape = cur.shape if constant else cur.shape[1:]
+        length = steps if constant else cur.shape[0]
+        # With a constant input the membrane is recomputed in the backward: by the
+        # compiled kernel from scratch (in registers, nothing saved), or eagerly one
+        # segment of ~sqrt(T) steps at a time from checkpoints (~2 sqrt(T) saved
+        # membranes instead of T, for 3 extra operations per step). Small layers
+        # keep every membrane: their memory is negligible.
+        large = shape.numel() >= LeakySequence.small_step
+        stride = 0
+        if constant and compiled:
+            stride = length
+        elif constant and large:
+            stride = max(1, round(length**0.5))
+        keep = record or not stride  # the membrane record is needed
+        if compiled:  # detached: the same compiled graph as inference's call
+            scan = torch_compiled(leaky_scan)
+            args = (cur.detach(), b.detach(), threshold.detach())
+            spk_rec, mem_rec = scan(*args, steps, reset, keep)
+            saved = cur.new_empty((0, *shape))
+        else:
+            run = leaky_run(cur, b, threshold, steps, reset, keep, stride)
+            spk_rec, mem_rec, saved = run
+        ctx.save_for_backward(saved if stride else mem_rec, cur, spk_rec, b, threshold)
+        ctx.stride = stride
+        ctx.options = (reset, surrogate, surrogate_args, constant, not large)
+        ctx.compiled = compiled
+        ctx.set_materialize_grads(False)
+        return spk_rec, mem_rec if record else None
+
+    @staticmethod
+    def backward(ctx, grad_spk, grad_mem):
+        saved, cur, spk_rec, b, threshold = ctx.saved_tensors
+        reset, surrogate, args, constant, small = ctx.options
+        if grad_mem is None and (grad_spk is None or surrogate is None):
+            return (None,) * 5
+        needs = tuple(ctx.needs_input_grad[:3])
+        into = None
+        if needs[0] and not constant and not ctx.compiled:
+            into = torch.empty_like(cur)
+        if surrogate is not None:  # plain functions, for torch.compile to trace
+            surrogate = (surrogate.forward, surrogate.backward)
+        options = (reset, surrogate, args, constant, needs, small, into)
+        kernel = torch_compiled(leaky_backward) if ctx.compiled else leaky_backward
+        grads = kernel(
+            cur, spk_rec, saved, ctx.stride, grad_spk, grad_mem, b, threshold, options
+        )
+        return (*grads, None, None)
+
+
+def _time_expanded_base(cur):
+    """The [B, ...] tensor that `cur` [T, B, ...] is a stride-0 expand of, or None."""
+    base = cur._base
+    if cur.dim() < 2 or cur.stride(0) != 0 or base is None:
+        return None
+    same = (
+        base.shape == cur.shape[1:]
+        and base.stride() == cur.stride()[1:]
+        and base.storage_offset() == cur.storage_offset()
+    )
+    return base if same else None
+
+
+def fused_leaky(neuron, cur, steps=None, compiled=False, record_mem=True):
+    """`neuron` (a Leaky) over a whole sequence: cur [T, B, ...], or [B, ...] fed at
+    each of `steps` steps -> (spk, mem), each [T, B, ...]; mem is None unless
+    `record_mem` (a hidden layer needs only its spikes). With `compiled` the
+    forward and backward loops run as torch.compile'd kernels (one fused C++
+    loop each; compiled on first use per shape).
+
+    Under a whole-model torch.compile this is the neuron's plain step loop
+    (`neuron.loop`), which inductor traces and fuses itself."""
+    if torch.compiler.is_compiling():
+        seq = cur if steps is None else cur.expand(steps, *cur.shape)
+        return neuron.loop(seq, record_mem)
+    if steps is None:
+        base = _time_expanded_base(cur)
+        if base is not None:
+            cur, steps = base, cur.shape[0]
+    b = neuron.beta.clamp(0, 1)
+    inputs = (cur, b, neuron.threshold)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        args = (cur, b.detach(), neuron.threshold, steps, neuron.reset_mode)
+        if compiled:
+            return torch_compiled(leaky_scan)(*args, record_mem)
+        return leaky_run(*args, record_mem)[:2]
+    surrogate = None if neuron.hard else neuron.surrogate
+    options = (
+        neuron.reset_mode,
+        surrogate,
+        tuple(neuron.surrogate_args),
+        compiled,
+        record_mem,
+    )
+    return LeakySequence.apply(cur, b, neuron.threshold, steps, options)
+
+
 class SpikingNeuron(nn.Module):
     """Parameters, firing and the time loop shared by every neuron type."""
 
     state_names = ("mem",)
+    compiled = False  # run the time loop through torch.compile (see module doc)
 
     def __init__(
         self,
@@ -104,8 +408,15 @@ class SpikingNeuron(nn.Module):
         """Zero states shaped like one step of input."""
         return tuple(torch.zeros_like(cur) for _ in self.state_names)
 
-    def forward(self, cur):
-        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]."""
+    def forward(self, cur, record_mem=True):
+        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
+        `record_mem` (a hidden layer passes on only its spikes)."""
+        if self.compiled and not torch.compiler.is_compiling():
+            return torch_compiled(type(self).loop)(self, cur, record_mem)
+        return self.loop(cur, record_mem)
+
+    def loop(self, cur, record_mem=True):
+        """The time loop: `step` once per step (what forward runs)."""
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T
@@ -114,7 +425,7 @@ class SpikingNeuron(nn.Module):
             spk, state = self.step(cur_t, state)
             spks.append(spk)
             mems.append(state[-1])
-        return torch.stack(spks), torch.stack(mems)
+        return torch.stack(spks), torch.stack(mems) if record_mem else None
 
 
 class Leaky(SpikingNeuron):
@@ -124,6 +435,11 @@ class Leaky(SpikingNeuron):
     zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + I[t]
     none:     mem[t] = b * mem[t-1] + I[t]
     """
+
+    def forward(self, cur, record_mem=True):
+        """The whole sequence by the fused kernel: one autograd node, the same
+        float operations as `step` (identical spikes and membranes)."""
+        return fused_leaky(self, cur, compiled=self.compiled, record_mem=record_mem)
 
     def step(self, cur, state):
         (mem,) = state
@@ -234,11 +550,11 @@ class Net(nn.Module):
         h = self.conv1(h)  # [12, 24, 24]
         h = self.pool1(h)  # [12, 12, 12]
         h = h.expand(self.steps, *h.shape)  # [T, B, ...] without a copy
-        spk_lif1, _ = self.lif1(h)
+        spk_lif1, _ = self.lif1(h, record_mem=False)
         h = spk_lif1
         h = time_batched(self.conv2, h)  # [64, 8, 8]
         h = time_batched(self.pool2, h)  # [64, 4, 4]
-        spk_lif2, _ = self.lif2(h)
+        spk_lif2, _ = self.lif2(h, record_mem=False)
         h = spk_lif2
         h = time_batched(self.flatten1, h)  # [1024]
         h = time_batched(self.fc1, h)  # [10]
@@ -315,7 +631,12 @@ def to_input(x):
 def make_optimizer(model):
     """The spec's optimizer over all parameters of the model."""
     return torch.optim.Adam(
-        model.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0
+        model.parameters(),
+        lr=0.01,
+        betas=(0.9, 0.999),
+        eps=1e-08,
+        weight_decay=0.0,
+        fused=True,
     )
 
 
@@ -362,11 +683,16 @@ def train(
     device=DEVICE,
     limit_train=LIMIT_TRAIN,
     limit_test=LIMIT_TEST,
+    compile=False,
 ):
-    """Train from seeded initial weights; returns (model, metrics)."""
+    """Train from seeded initial weights; returns (model, metrics). `compile`:
+    every neuron's time loop through torch.compile (the same values, faster)."""
     device = pick_device(device)
     torch.manual_seed(seed)
     model = Net().to(device)
+    for module in model.modules():
+        if isinstance(module, SpikingNeuron):
+            module.compiled = compile
     train_inputs, train_labels = load_split(data_root, True, limit_train, device)
     test_inputs, test_labels = load_split(data_root, False, limit_test, device)
     per_epoch = len(train_labels) // BATCH_SIZE
@@ -426,6 +752,9 @@ def main(argv=None):
     parser.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:1...")
     parser.add_argument("--limit-train", type=int, default=LIMIT_TRAIN, metavar="N")
     parser.add_argument("--limit-test", type=int, default=LIMIT_TEST, metavar="N")
+    parser.add_argument(
+        "--compile", action="store_true", help="neuron loops through torch.compile"
+    )
     args = parser.parse_args(argv)
     model, metrics = train(
         args.data_root,
@@ -434,6 +763,7 @@ def main(argv=None):
         args.device,
         args.limit_train,
         args.limit_test,
+        args.compile,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

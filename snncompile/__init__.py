@@ -2,7 +2,7 @@
 
 spec = snncompile.load("specs/mnist_fc.yaml")
 net = snncompile.build(spec)          # eager torch.nn.Module
-net = snncompile.compile(spec)        # the same module through torch.compile
+net = snncompile.compile(spec)        # the same, neuron loops through torch.compile
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ def build(spec: Spec, schedule: str = "layered", seed: int | None = None):
     return build_graph(analyze(spec), schedule=schedule, seed=seed)
 
 
-def compile(spec: Spec, seed: int | None = None, **compile_kwargs):
-    """build(spec) wrapped in torch.compile."""
-    import torch
+def compile(spec: Spec, seed: int | None = None, whole: bool = False, **options):
+    """build(spec) with torch.compile on top: every neuron's time loop compiled
+    into fused kernels (the default, see lower/optimize.py), or with `whole` the
+    entire forward through torch.compile(**options)."""
+    from .lower.optimize import compile_model, compile_neurons
 
-    return torch.compile(build(spec, seed=seed), **compile_kwargs)
+    net = build(spec, seed=seed)
+    return compile_model(net, **options) if whole else compile_neurons(net)
 
 
 __all__ = [

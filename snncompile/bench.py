@@ -14,17 +14,19 @@ Variants (all start from the same weights, copied from one `build(spec)`):
   without snntorch, it is snncompile's per-step schedule `build(spec,
   schedule="step")`, labelled "per-step loop".
 - step schedule: `build(spec, schedule="step")`, shown when the reference is snnTorch.
+- eager, Leaky step loops: `build(spec)` with every neuron on its plain step loop
+  (`loop`), shown for specs with Leaky neurons: what the fused kernel saves.
 - eager: `build(spec)`, the layered schedule (time-invariant prefix hoisted,
-  stateless layers batched over [T * B, ...]).
-- eager + fused Leaky: eager with every Leaky run by `runtime/fused.py` (one
-  autograd node per layer, hidden layers without membrane record); shown while
-  `build()` does not already use it.
-- fused Leaky, compiled kernels: the same with the kernel's forward and backward
-  loops torch.compile'd (one fused C++ loop each), the rest of the model eager.
-- compiled: `torch.compile` of the eager model's forward (default settings and
-  dynamo caches). Compile time (both compiled variants) = first call minus a
-  normal call, for training and for inference (separate graphs); warm caches
-  from an earlier run make it much shorter than a cold compile.
+  stateless layers batched over [T * B, ...], every Leaky by the fused kernel of
+  `runtime/fused.py`: one autograd node per layer, hidden layers without
+  membrane record).
+- compiled: `snncompile.compile(spec)`, what `snncompile train` runs: the neuron
+  loops torch.compile'd (Leaky: the fused kernel's forward and backward loops,
+  one C++ loop each), the rest as eager (lower/optimize.py).
+- whole-model torch.compile: `torch.compile` of the eager model's forward
+  (default settings). Compile time (both compiled variants) = first call minus
+  a normal call, for training and for inference (separate graphs); inductor's
+  on-disk cache from an earlier run makes it much shorter than a cold compile.
 - onnxruntime: inference of the ONNX sequence export (`export_onnx`), when the
   exporter is importable and the input is the raw frame (direct encoding).
 
@@ -75,6 +77,7 @@ import torch
 from torch import nn
 
 from . import registry
+from .lower.optimize import compile_model, compile_neurons, neurons, tune_allocator
 from .quiet import quiet_stderr
 from .runtime import decode as decode_module
 from .spec.errors import UserError
@@ -132,7 +135,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = snncompile.load(args.spec)
+    tuned = tune_allocator()  # as `snncompile train` runs; every variant alike
     bench = Bench(spec, args)
+    if tuned:
+        bench.notes.append(
+            "malloc keeps freed large blocks (lower/optimize.py tune_allocator), "
+            "for every variant alike, as in snncompile train"
+        )
     exact = bench.check_exactness()
     bench.warm_up()
     bench.time_rounds()
@@ -232,31 +241,6 @@ class TutorialLoop(nn.Module):
         return spk, out_mem
 
 
-def install_fused(net, compiled: bool = False) -> None:
-    """Run every Leaky of a built net through runtime/fused.py, its kernels eager
-    or torch.compile'd; hidden layers keep no membrane record (only the output
-    layer's is returned). Under a whole-model torch.compile: the plain loop.
-
-    A net whose generated forward already calls `fused_leaky` only gets its
-    `fused_compiled` flag set (which that forward is to pass on)."""
-    from .runtime.fused import fused_leaky
-
-    if uses_fused(net):
-        net.fused_compiled = compiled
-        return
-    output = net.graph.neuron_nodes[-1].name
-    for name, module in net.named_children():
-        if type(module).__name__ == "Leaky":
-            module.forward = functools.partial(
-                fused_leaky, module, compiled=compiled, record_mem=name == output
-            )
-
-
-def uses_fused(net) -> bool:
-    source = sys.modules[type(net).__module__].__dict__
-    return "LeakySequence" in source or "fused_leaky" in source
-
-
 def make_batch(graph, batch: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     shape = tuple(graph.input_shape)
@@ -315,25 +299,27 @@ class Bench:
             if reason and args.reference == "auto":
                 self.notes.append(f"reference is the per-step schedule ({reason})")
             plan.append(("reference", "per-step loop", lambda: self._copy("step")))
-        plan.append(("eager", "snncompile eager", lambda: self.base))
         if any(n.type == "leaky" for n in graph.neuron_nodes):
-            if not uses_fused(self.base):
-                plan.append(("fused", "snncompile eager + fused Leaky", self._fused))
-            if not args.no_compile:
-                plan.append(
-                    (
-                        "fused_compiled",
-                        "snncompile fused Leaky, compiled kernels",
-                        lambda: self._fused(compiled=True),
-                    )
-                )
+            plan.append(("loops", "snncompile eager, Leaky step loops", self._loops))
+        plan.append(("eager", "snncompile eager", lambda: self.base))
         if not args.no_compile:
             plan.append(
-                ("compiled", "snncompile compiled", lambda: torch.compile(self._copy()))
+                (
+                    "compiled",
+                    "snncompile compiled",
+                    lambda: compile_neurons(self._copy()),
+                )
+            )
+            plan.append(
+                (
+                    "whole",
+                    "snncompile whole-model torch.compile",
+                    lambda: compile_model(self._copy()),
+                )
             )
         out = [
-            # the compiled model returns the output layer only: another graph else
-            Variant(key, label, factory(), records=key != "compiled")
+            # the whole-model compile returns the output layer only: another graph
+            Variant(key, label, factory(), records=key != "whole")
             for key, label, factory in plan
             if self.only in (None, key)
         ]
@@ -348,15 +334,17 @@ class Bench:
                 variant.optimizer = make_optimizer(parameters, self.spec, fused and own)
         if fused:
             self.notes.append(
-                "snncompile eager/fused/compiled variants step the optimizer with "
+                "snncompile eager/compiled variants step the optimizer with "
                 "torch's fused kernel (fused=True); --plain-optimizer to compare "
                 "without"
             )
         return out
 
-    def _fused(self, compiled=False):
+    def _loops(self):
+        """eager, but every neuron on its plain step loop (Leaky without its kernel)."""
         net = self._copy()
-        install_fused(net, compiled=compiled)
+        for module in neurons(net):
+            module.forward = module.loop
         return net
 
     def _onnx_variant(self) -> Variant | None:
@@ -529,7 +517,7 @@ class Bench:
                 row["peak_train_mb"] = v.peak_bytes / 2**20
             if v.rss is not None:
                 row["peak_rss_mb"] = v.rss["peak_mb"]
-            if v.key in ("compiled", "fused_compiled"):
+            if v.key in ("compiled", "whole"):
                 train, infer = v.normal_s or (statistics.median(v.train_s), infer)
                 row["compile_train_s"] = v.first_train_s - train
                 row["compile_infer_s"] = v.first_infer_s - infer
@@ -632,7 +620,7 @@ def _rss_child(options_json: str) -> None:
         batch=options["batch"],
         seed=options["seed"],
         reference=options["reference"],
-        no_compile=options["key"] not in ("compiled", "fused_compiled"),
+        no_compile=options["key"] not in ("compiled", "whole"),
         threads=options["threads"],
         plain_optimizer=options["plain_optimizer"],
         clock="wall",

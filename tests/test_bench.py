@@ -33,8 +33,8 @@ train:
 ROWS = [
     "snnTorch tutorial loop",
     "snncompile step schedule",
+    "snncompile eager, Leaky step loops",
     "snncompile eager",
-    "snncompile eager + fused Leaky",
     "onnxruntime (ONNX)",
 ]
 
@@ -59,8 +59,8 @@ def test_bench_table_and_exactness(tmp_path, capsys):
     exact = report["exactness"]
     assert exact["passed"] and set(exact["variants"]) == {
         "step",
+        "loops",
         "eager",
-        "fused",
         "onnx",
     }
     for key, entry in exact["variants"].items():

@@ -447,7 +447,9 @@ def test_standalone_script_trains_like_snncompile_train(tmp_path, variants):
     assert len(lines) == 3 and "test loss" in lines[1] and "test loss" not in lines[0]
 
     spec = _variant_spec(name)
-    reference = loop.train(spec, out=tmp_path / "ref", progress=False, download=False)
+    reference = loop.train(
+        spec, out=tmp_path / "ref", progress=False, download=False, compile="none"
+    )
     assert metrics["test_accuracy"] == reference["test_accuracy"]
     assert metrics["test_loss"] == reference["test_loss"]
     assert [h["train_loss"] for h in metrics["history"]] == [
@@ -504,6 +506,7 @@ def test_generated_mnist_script_runs_standalone(tmp_path):
         limit_train=256,
         limit_test=200,
         progress=False,
+        compile="none",
         download=False,
     )
     assert metrics["test_accuracy"] == reference["test_accuracy"]

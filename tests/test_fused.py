@@ -4,6 +4,7 @@ beta and threshold, over every reset mode, scalar/per-neuron and learnable
 parameters, every surrogate, and time-invariant (expanded) inputs."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -247,15 +248,11 @@ def test_inference_needs_no_autograd():
     assert torch.equal(spk, spk_ref) and torch.equal(mem, mem_ref)
 
 
-def test_inlined_into_generated_model():
-    """The wiring proposed for render.py: fused.py's definitions inlined into the
-    generated module and `fused_leaky(self.<leaky>, h)` in the layered forward
-    give the per-step reference's spikes and gradients (self-contained source)."""
-    import re
-
+def test_built_model_runs_leaky_by_the_kernel():
+    """build() (the layered schedule) runs every Leaky by the fused kernel, inlined
+    into the generated module, and gives the per-step reference's spikes and
+    gradients."""
     import snncompile
-    from snncompile.codegen.render import render_model, runtime_definitions
-    from snncompile.lower.build import load_source
 
     spec = snncompile.loads(
         """
@@ -275,14 +272,8 @@ loss: {type: ce_rate}
 train: {dataset: synthetic, batch_size: 4, optimizer: {type: adam, lr: 0.001}}
 """
     )
-    graph = snncompile.analyze(spec)
-    source = render_model(graph)
-    source, count = re.subn(r"self\.(lif\d)\(h\)", r"fused_leaky(self.\1, h)", source)
-    assert count == 2
-    fused_blocks = "\n\n\n".join(runtime_definitions("fused").values())
-    source = source.replace("class Net(", fused_blocks + "\n\n\nclass Net(", 1)
-    module = load_source(source, "fused_wiring")
-    net = module.Net()
+    net = snncompile.build(spec)
+    assert "LeakySequence" in vars(sys.modules[type(net).__module__])
     reference = snncompile.build(spec, schedule="step")
     reference.load_state_dict(net.state_dict())
     x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(15)) * 3

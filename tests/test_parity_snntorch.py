@@ -250,11 +250,16 @@ def grads(loss, tensors):
 def assert_grads_close(ours, ref):
     """Equal up to float summation order (snnTorch recomputes some terms for the
     zero reset, so their gradients are summed along other paths): absolute
-    tolerance relative to the gradient's own scale."""
+    tolerance relative to the gradient's own scale. A scalar parameter's gradient
+    is one sum over every step, sample and neuron, with cancelling terms: the
+    fused kernel sums it per step first, and lands nearer a float64 evaluation
+    than snnTorch's order (3e-5 against 1.3e-4 off for a threshold gradient of
+    1.59), so those get rtol 1e-4."""
     for g_ours, g_ref in zip(ours, ref):
         assert g_ours is not None and g_ref is not None
         scale = max(1.0, g_ref.abs().max().item())
-        torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6 * scale)
+        rtol = 1e-4 if g_ref.dim() == 0 else 1e-5
+        torch.testing.assert_close(g_ours, g_ref, rtol=rtol, atol=1e-6 * scale)
 
 
 def check_parity(kind, reset, sur_spec, per_neuron, learn, seed=0, values=None):

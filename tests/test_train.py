@@ -12,8 +12,18 @@ import snncompile
 from snncompile.cli import main
 from snncompile.spec.errors import UserError
 from snncompile.train import checkpoint as ckpt
+from snncompile.train import loop
 from snncompile.train.data import Split, load_split
-from snncompile.train.loop import evaluate, make_scheduler, train
+from snncompile.train.loop import evaluate, make_scheduler
+
+
+def train(spec, **options):
+    """loop.train on the eager kernels: every compiled kernel is compiled for each
+    new shape (tests/test_compiled.py checks them; test_compiled_training_* here
+    trains through them)."""
+    options.setdefault("compile", "none")
+    return loop.train(spec, **options)
+
 
 TINY = """
 snncompile: 1
@@ -243,6 +253,8 @@ def test_train_command_writes_the_run_and_summary(tmp_path, capsys):
         "--epochs",
         "1",
         "--quiet",
+        "--compile",
+        "none",
     ]
     assert main(args + ["--seed", "3", "--limit-test", "64"]) == 0
     out = capsys.readouterr().out
@@ -415,7 +427,30 @@ def test_eval_onnx_agrees_with_the_checkpoint(trained, tmp_path, capsys):
 
 
 @pytest.mark.compile
-def test_compiled_training_matches_eager(tmp_path, monkeypatch):
+def test_compiled_training_matches_eager(tmp_path):
+    """`snncompile train`'s default, the neuron loops compiled, trains bit for bit
+    like the eager kernels; a last partial batch runs eagerly (no compile for one
+    call)."""
+    spec = write_spec(tmp_path, limit_train=160)  # batches of 64, 64 and 32
+    spec.write_text(spec.read_text() + "  drop_last: false\n")
+    options = {"epochs": 1, "limit_test": 200, "progress": False}  # 3 x 64 + 8
+    eager = train(spec, out=tmp_path / "eager", **options)
+    compiled = train(spec, out=tmp_path / "compiled", compile="neurons", **options)
+    assert eager["compile_seconds"] is None and compiled["compile_seconds"] > 0
+    cache = compiled["compile_cache"]
+    assert cache["cache_hits"] + cache["cache_misses"] > 0
+    a = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=True)
+    assert len(a["iteration_loss"]) == 3
+    assert torch.equal(a["iteration_loss"], b["iteration_loss"])
+    assert a["model"].keys() == b["model"].keys()
+    for name, weight in a["model"].items():
+        assert torch.equal(b["model"][name], weight), name
+    assert compiled["test_accuracy"] == eager["test_accuracy"]
+
+
+@pytest.mark.compile
+def test_whole_model_compile_trains_like_eager(tmp_path, monkeypatch):
     import torch._inductor.config
 
     # inductor draws its own random numbers unless told to use eager's RNG ops
@@ -423,7 +458,7 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch):
     spec = write_spec(tmp_path, limit_train=128)
     eager = train(spec, out=tmp_path / "eager", epochs=1, progress=False)
     compiled = train(
-        spec, out=tmp_path / "compiled", epochs=1, compile=True, progress=False
+        spec, out=tmp_path / "compiled", epochs=1, compile="model", progress=False
     )
     assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] is None
     a = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)

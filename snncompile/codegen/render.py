@@ -224,7 +224,7 @@ def _forward_layered(graph: Graph) -> list[str]:
             lines.append(f"spk_{node.name}, mem_{node.name} = self.{node.name}(h)")
             spikes.append(node.name)
         elif node.stateful:
-            lines.append(f"spk_{node.name}, _ = self.{node.name}(h)")
+            lines.append(f"spk_{node.name}, _ = self.{node.name}(h, record_mem=False)")
             lines.append(f"h = spk_{node.name}")
             spikes.append(node.name)
         elif node.type.startswith("batchnorm"):
@@ -314,6 +314,11 @@ def model_context(graph: Graph, schedule: str = "layered") -> dict[str, Any]:
         if c in {registry.NEURONS[n.type] for n in neurons}
     ]
     blocks = [runtime_definitions("surrogates")[s] for s in surrogates]
+    # the sequence kernels: every Leaky runs by fused.py's; torch_compiled serves
+    # every neuron's compiled loop
+    fused = runtime_definitions("fused")
+    leaky = registry.NEURONS["leaky"] in classes
+    blocks += [v for k, v in fused.items() if leaky or k == "torch_compiled"]
     blocks += [runtime_definitions("neurons")[c] for c in classes]
     forward = _forward_layered(graph) if schedule == "layered" else _forward_step(graph)
     body = "\n".join(forward)
@@ -546,7 +551,7 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         "limit_train": lit(train["limit_train"]),
         "limit_test": lit(train["limit_test"]),
         "batch_size": lit(train["batch_size"]),
-        "eval_batch_size": lit(train["eval_batch_size"]),
+        "eval_batch_size": lit(train["eval_batch_size"] or train["batch_size"]),
         "eval_every": train["eval_every"],
         "normalize": _normalize(graph),
         "net": net.rstrip() + "\n",
@@ -581,7 +586,7 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         "optimizer_lines": _fit(
             "return ",
             OPTIMIZERS[opt_type],
-            ["model.parameters()"] + _kwargs(optimizer),
+            ["model.parameters()", *_kwargs(optimizer), "fused=True"],
             "    ",
         ).split("\n"),
         "schedule_type": ident(train["schedule"]["type"]),

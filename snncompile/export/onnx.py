@@ -525,7 +525,9 @@ def evaluate_onnx(
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(spec.train.seed)
-        for raw, labels in test.batches(batch_size or spec.train.eval_batch_size):
+        for raw, labels in test.batches(
+            batch_size or spec.train.eval_batch_size or spec.train.batch_size
+        ):
             scores = run_session(sess, graph, mode, encode_inputs(graph, raw))[0]
             correct += int((scores.argmax(-1) == labels).sum())
     return {

@@ -220,12 +220,12 @@ def leaky_backward(
     return grad_cur, grad_b, grad_threshold
 
 
-def compiled_kernel(function):
-    """`function` (leaky_scan, leaky_backward) through torch.compile, made once."""
-    kernels = LeakySequence.kernels
-    if function.__name__ not in kernels:
-        kernels[function.__name__] = torch.compile(function, dynamic=False)
-    return kernels[function.__name__]
+def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
+    """`function` through torch.compile, wrapped once per function (dynamo then
+    compiles it once per layer and shape; static shapes: the fastest kernels)."""
+    if function not in kernels:
+        kernels[function] = torch.compile(function, dynamic=False)
+    return kernels[function]
 
 
 class LeakySequence(torch.autograd.Function):
@@ -234,7 +234,6 @@ class LeakySequence(torch.autograd.Function):
     # elements per step below which per-step kernels cost more in dispatch than in
     # arithmetic: then the surrogate runs once over a whole segment
     small_step = 1 << 14
-    kernels = {}  # noqa: RUF012 - compiled_kernel's cache, shared on purpose
 
     @staticmethod
     def forward(ctx, cur, b, threshold, steps, options):
@@ -254,9 +253,10 @@ class LeakySequence(torch.autograd.Function):
         elif constant and large:
             stride = max(1, round(length**0.5))
         keep = record or not stride  # the membrane record is needed
-        if compiled:
-            scan = compiled_kernel(leaky_scan)
-            spk_rec, mem_rec = scan(cur, b, threshold, steps, reset, keep)
+        if compiled:  # detached: the same compiled graph as inference's call
+            scan = torch_compiled(leaky_scan)
+            args = (cur.detach(), b.detach(), threshold.detach())
+            spk_rec, mem_rec = scan(*args, steps, reset, keep)
             saved = cur.new_empty((0, *shape))
         else:
             run = leaky_run(cur, b, threshold, steps, reset, keep, stride)
@@ -281,7 +281,7 @@ class LeakySequence(torch.autograd.Function):
         if surrogate is not None:  # plain functions, for torch.compile to trace
             surrogate = (surrogate.forward, surrogate.backward)
         options = (reset, surrogate, args, constant, needs, small, into)
-        kernel = compiled_kernel(leaky_backward) if ctx.compiled else leaky_backward
+        kernel = torch_compiled(leaky_backward) if ctx.compiled else leaky_backward
         grads = kernel(
             cur, spk_rec, saved, ctx.stride, grad_spk, grad_mem, b, threshold, options
         )
@@ -309,10 +309,10 @@ def fused_leaky(neuron, cur, steps=None, compiled=False, record_mem=True):
     loop each; compiled on first use per shape).
 
     Under a whole-model torch.compile this is the neuron's plain step loop
-    (SpikingNeuron's forward), which inductor traces and fuses itself."""
+    (`neuron.loop`), which inductor traces and fuses itself."""
     if torch.compiler.is_compiling():
         seq = cur if steps is None else cur.expand(steps, *cur.shape)
-        return super(type(neuron), neuron).forward(seq)
+        return neuron.loop(seq, record_mem)
     if steps is None:
         base = _time_expanded_base(cur)
         if base is not None:
@@ -322,7 +322,7 @@ def fused_leaky(neuron, cur, steps=None, compiled=False, record_mem=True):
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
         args = (cur, b.detach(), neuron.threshold, steps, neuron.reset_mode)
         if compiled:
-            return compiled_kernel(leaky_scan)(*args, record_mem)
+            return torch_compiled(leaky_scan)(*args, record_mem)
         return leaky_run(*args, record_mem)[:2]
     surrogate = None if neuron.hard else neuron.surrogate
     options = (

@@ -7,18 +7,24 @@ Conventions shared by every neuron (snnTorch's defaults):
 - spk[t] = S(mem[t] - threshold), S the Heaviside step (strict >) forward and
   the surrogate's derivative backward.
 
-`step` advances one time step; `forward` runs a whole sequence [T, B, ...].
+`step` advances one time step; `forward` runs a whole sequence [T, B, ...]:
+Leaky by runtime/fused.py's sequence kernel, the others by their step loop. With
+`compiled` set (snncompile.optimize, a generated script's --compile) that loop,
+or the Leaky kernel's loops, run through torch.compile: one fused C++ loop.
 These classes are inlined verbatim into generated code (only torch is used).
 """
 
 import torch
 from torch import nn
 
+from .fused import fused_leaky, torch_compiled
+
 
 class SpikingNeuron(nn.Module):
     """Parameters, firing and the time loop shared by every neuron type."""
 
     state_names = ("mem",)
+    compiled = False  # run the time loop through torch.compile (see module doc)
 
     def __init__(
         self,
@@ -64,8 +70,15 @@ class SpikingNeuron(nn.Module):
         """Zero states shaped like one step of input."""
         return tuple(torch.zeros_like(cur) for _ in self.state_names)
 
-    def forward(self, cur):
-        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]."""
+    def forward(self, cur, record_mem=True):
+        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
+        `record_mem` (a hidden layer passes on only its spikes)."""
+        if self.compiled and not torch.compiler.is_compiling():
+            return torch_compiled(type(self).loop)(self, cur, record_mem)
+        return self.loop(cur, record_mem)
+
+    def loop(self, cur, record_mem=True):
+        """The time loop: `step` once per step (what forward runs)."""
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T
@@ -74,7 +87,7 @@ class SpikingNeuron(nn.Module):
             spk, state = self.step(cur_t, state)
             spks.append(spk)
             mems.append(state[-1])
-        return torch.stack(spks), torch.stack(mems)
+        return torch.stack(spks), torch.stack(mems) if record_mem else None
 
 
 class Leaky(SpikingNeuron):
@@ -84,6 +97,11 @@ class Leaky(SpikingNeuron):
     zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + I[t]
     none:     mem[t] = b * mem[t-1] + I[t]
     """
+
+    def forward(self, cur, record_mem=True):
+        """The whole sequence by the fused kernel: one autograd node, the same
+        float operations as `step` (identical spikes and membranes)."""
+        return fused_leaky(self, cur, compiled=self.compiled, record_mem=record_mem)
 
     def step(self, cur, state):
         (mem,) = state

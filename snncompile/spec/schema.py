@@ -538,8 +538,10 @@ class Train(Strict):
     eval_every: PositiveInt = Field(
         1, description="Evaluate on the test set every N epochs (and after the last)."
     )
-    eval_batch_size: PositiveInt = Field(
-        1000, description="Samples per evaluation batch."
+    eval_batch_size: PositiveInt | None = Field(
+        None,
+        description="Samples per evaluation batch (default: batch_size, so that "
+        "evaluation reuses the training batch's compiled kernels).",
     )
     limit_train: PositiveInt | None = Field(
         None, description="Use only the first N training samples."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..lower import optimize
 from ..spec.errors import UserError
 
 
@@ -50,7 +51,11 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         help="continue the run in DIR from its checkpoint.pt",
     )
     parser.add_argument(
-        "--compile", action="store_true", help="train through torch.compile"
+        "--compile",
+        choices=optimize.MODES,
+        default="neurons",
+        help="torch.compile on top: each neuron's time loop (neurons, the "
+        "default), the whole forward (model), or eager only (none)",
     )
     parser.add_argument(
         "--limit-train", type=_positive, metavar="N", help="first N training samples"
@@ -78,7 +83,12 @@ def run_train(args: argparse.Namespace) -> int:
         download=not args.no_download,
     )
     if metrics["compile_seconds"] is not None:
-        print(f"torch.compile: first iteration took {metrics['compile_seconds']:.1f} s")
+        cache = metrics["compile_cache"]
+        print(
+            f"torch.compile ({metrics['compile']}): {metrics['compile_seconds']:.1f} s "
+            f"compiling; inductor cache: {cache['cache_hits']} graphs reused, "
+            f"{cache['cache_misses']} compiled"
+        )
     seconds = sum(h["seconds"] for h in metrics["history"])
     print(
         f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.2%}, "

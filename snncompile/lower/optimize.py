@@ -1,0 +1,127 @@
+"""torch.compile on top of the lowered module, where it pays.
+
+`compile_neurons(net)` sets every neuron's `compiled` flag: Leaky layers then run
+their fused kernel's forward and backward loops as torch.compile'd C++ (one loop
+over all steps each), every other neuron type its step loop through torch.compile
+(inductor fuses the recurrence; AOTAutograd derives its backward). Stateless
+layers stay eager: each is already one call over all steps (`time_batched`), a
+library kernel that compilation cannot beat. Every compiled kernel computes the
+same float operations as the eager one (tests/test_compiled.py).
+
+`compile_model(net)` is the alternative: torch.compile of the whole forward.
+
+Compilation happens on first use per layer and shape. Inductor caches compiled
+kernels on disk (TORCHINDUCTOR_CACHE_DIR, by default under the system temp
+directory), so a later process with the same network compiles in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where used: the CLI reads MODES without it
+    import torch
+
+MODES = ("neurons", "model", "none")  # what `snncompile train --compile` accepts
+
+# each layer and shape is its own dynamo entry of the same few functions
+# (training, evaluation, a last partial batch): more than dynamo's default of 8
+RECOMPILE_LIMIT = 64
+
+
+def _raise_recompile_limit() -> None:
+    import torch
+
+    config = torch._dynamo.config
+    name = (
+        "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    )
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+
+
+def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The spiking neuron layers of a built net (they have a `compiled` flag)."""
+    return [m for m in net.modules() if hasattr(type(m), "compiled")]
+
+
+def compile_neurons(net: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Run every neuron's time loop through torch.compile (in place); returns net."""
+    if enabled:
+        _raise_recompile_limit()
+    for module in neurons(net):
+        module.compiled = enabled
+    return net
+
+
+@contextlib.contextmanager
+def eager(net: torch.nn.Module, when: bool = True) -> Iterator[None]:
+    """Run `net`'s neurons on their eager kernels inside the block (the same
+    values): for a batch of another size, a last partial batch, whose kernels
+    would otherwise be compiled for that one call."""
+    flags = [(module, module.compiled) for module in neurons(net)] if when else []
+    for module, _ in flags:
+        module.compiled = False
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.compiled = flag
+
+
+def compile_model(net: torch.nn.Module, **options) -> torch.nn.Module:
+    """torch.compile of the whole forward (neurons traced as their step loops)."""
+    import torch
+
+    _raise_recompile_limit()
+    return torch.compile(net, **options)
+
+
+def apply(net: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The module to run for a `--compile` mode: neurons, model or none."""
+    if mode not in MODES:
+        raise ValueError(f"compile mode must be one of {MODES}, not {mode!r}")
+    if mode == "model":
+        return compile_model(net)
+    return compile_neurons(net, enabled=mode == "neurons")
+
+
+def compile_stats() -> dict:
+    """What torch.compile has cost this process so far: seconds in dynamo and
+    inductor (forward graphs, and backward graphs compiled at first backward),
+    and graphs found in or added to inductor's on-disk cache."""
+    from torch._dynamo import utils
+
+    times = utils.compilation_time_metrics
+    keys = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+    inductor = utils.counters["inductor"]
+    return {
+        "seconds": sum(sum(times.get(key, ())) for key in keys),
+        "cache_hits": inductor["fxgraph_cache_hit"],
+        "cache_misses": inductor["fxgraph_cache_miss"],
+    }
+
+
+def tune_allocator() -> bool:
+    """Keep freed large blocks in this process's heap (glibc malloc only).
+
+    By default glibc serves blocks over 128 KiB-32 MiB by mmap and returns freed
+    memory to the system, so every training step pays page faults again for its
+    large temporaries (about 1,000 per mnist_fc step, ~10% of its time here).
+    Raising the mmap and trim thresholds keeps those pages mapped for reuse, as
+    the jemalloc/tcmalloc advice in PyTorch's CPU performance guide does.
+    Affects only this process; returns whether it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
+    return bool(
+        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+        and libc.mallopt(m_trim_threshold, 1 << 30)
+    )
