@@ -171,12 +171,15 @@ def leaky_backward(
     saved: every membrane (stride 0), or those entering segments of `stride` steps,
     the rest recomputed from cur and the spikes. options: reset, surrogate,
     surrogate_args, constant, needs (cur, b, threshold), small (surrogate over a
-    segment at once), into (a buffer for the input gradient, None: stacked).
+    segment at once), into (a buffer for the input gradient, None: stacked),
+    through (None, or the gradient [T, B, K] of a linear layer's output fed by
+    these spikes [T, B, N] and its weight [K, N]: the spike gradient it sends,
+    sum_k grad[t, :, k] weight[k], is formed step by step, never stored).
     """
-    reset, surrogate, args, constant, needs, small, into = options
+    reset, surrogate, args, constant, needs, small, into, through = options
     need_cur, need_b, need_threshold = needs
     steps, shape = spk_rec.shape[0], spk_rec.shape[1:]
-    fire = grad_spk is not None and surrogate is not None
+    fire = (grad_spk is not None or through is not None) and surrogate is not None
     first = first_reset(threshold, shape, spk_rec.dtype)
     zero_state = spk_rec.new_zeros(()).expand(shape)
     total = b_sum = fire_sum = reset_sum = after = None  # after: d[t + 1]
@@ -203,7 +206,11 @@ def leaky_backward(
             if fire:
                 if fired is None:
                     shifted = mems[t - start] - threshold
-                    d = surrogate_grad(surrogate, args, shifted, grad_spk[t])
+                    g = None if grad_spk is None else grad_spk[t]
+                    if through is not None:
+                        sent = (through[0][t].unsqueeze(-1) * through[1]).sum(-2)
+                        g = sent if g is None else g + sent
+                    d = surrogate_grad(surrogate, args, shifted, g)
                 else:
                     d = fired[t - start]
                 if need_threshold:
@@ -252,14 +259,16 @@ def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
 
 
 class LeakySequence(torch.autograd.Function):
-    """(cur, b, threshold) -> (spk, mem), each [T, B, ...]; see the module doc."""
+    """(cur, b, threshold, weight, bias) -> (spk, mem, out), each [T, B, ...]; see
+    the module doc. With a `weight` [K, N] the node also applies the linear layer
+    that follows: out = spk @ weight.T + bias (None without a weight)."""
 
     # elements per step below which per-step kernels cost more in dispatch than in
     # arithmetic: then the surrogate runs once over a whole segment
     small_step = 1 << 14
 
     @staticmethod
-    def forward(ctx, cur, b, threshold, steps, options):
+    def forward(ctx, cur, b, threshold, weight, bias, steps, options):
         reset, surrogate, surrogate_args, compiled, record = options
         constant = steps is not None
         shape = cur.shape if constant else cur.shape[1:]
@@ -284,31 +293,55 @@ class LeakySequence(torch.autograd.Function):
         else:
             run = leaky_run(cur, b, threshold, steps, reset, keep, stride)
             spk_rec, mem_rec, saved = run
-        ctx.save_for_backward(saved if stride else mem_rec, cur, spk_rec, b, threshold)
+        out = None
+        if weight is not None:  # exactly time_batched(linear, spk): one addmm
+            flat = spk_rec.flatten(0, 1)
+            out = (
+                flat.mm(weight.t())
+                if bias is None
+                else torch.addmm(bias, flat, weight.t())
+            )
+            out = out.unflatten(0, spk_rec.shape[:2])
+        mems = saved if stride else mem_rec
+        ctx.save_for_backward(mems, cur, spk_rec, b, threshold, weight)
         ctx.stride = stride
         ctx.options = (reset, surrogate, surrogate_args, constant, not large)
         ctx.compiled = compiled
         ctx.set_materialize_grads(False)
-        return spk_rec, mem_rec if record else None
+        return spk_rec, mem_rec if record else None, out
 
     @staticmethod
-    def backward(ctx, grad_spk, grad_mem):
-        saved, cur, spk_rec, b, threshold = ctx.saved_tensors
+    def backward(ctx, grad_spk, grad_mem, grad_out):
+        saved, cur, spk_rec, b, threshold, weight = ctx.saved_tensors
         reset, surrogate, args, constant, small = ctx.options
-        if grad_mem is None and (grad_spk is None or surrogate is None):
-            return (None,) * 5
+        grad_weight = grad_bias = through = None
+        if grad_out is not None:
+            flat = grad_out.flatten(0, 1)
+            if ctx.needs_input_grad[3]:
+                grad_weight = flat.t().mm(spk_rec.flatten(0, 1))
+            if ctx.needs_input_grad[4]:
+                grad_bias = flat.sum(0)
+            if surrogate is not None and (ctx.compiled and not small):
+                through = (grad_out, weight)  # formed inside the compiled loop
+            elif surrogate is not None:
+                sent = flat.mm(weight).view_as(spk_rec)
+                grad_spk = sent if grad_spk is None else grad_spk + sent
+        if grad_mem is None and (
+            grad_spk is None and through is None or surrogate is None
+        ):
+            return None, None, None, grad_weight, grad_bias, None, None
         needs = tuple(ctx.needs_input_grad[:3])
         into = None
         if needs[0] and not constant and not ctx.compiled:
             into = torch.empty_like(cur)
         if surrogate is not None:  # plain functions, for torch.compile to trace
             surrogate = (surrogate.forward, surrogate.backward)
-        options = (reset, surrogate, args, constant, needs, small, into)
+        options = (reset, surrogate, args, constant, needs, small, into, through)
         kernel = torch_compiled(leaky_backward) if ctx.compiled else leaky_backward
         grads = kernel(
             cur, spk_rec, saved, ctx.stride, grad_spk, grad_mem, b, threshold, options
         )
-        return (*grads, None, None)
+        return (*grads, grad_weight, grad_bias, None, None)
 
 
 def _time_expanded_base(cur):
@@ -336,17 +369,47 @@ def fused_leaky(neuron, cur, steps=None, compiled=False, record_mem=True):
     if torch.compiler.is_compiling():
         seq = cur if steps is None else cur.expand(steps, *cur.shape)
         return neuron.loop(seq, record_mem)
+    return _leaky_sequence(neuron, cur, steps, compiled, record_mem, None)[:2]
+
+
+def fused_leaky_linear(neuron, linear, cur):
+    """A hidden Leaky layer and the linear layer after it, over a whole sequence:
+    cur [T, B, N] -> (spk, out), spk [T, B, N] and out = linear(spk) [T, B, K], the
+    same values as running them in turn. One autograd node: with the neuron's
+    `compiled` flag the spike gradient that the linear layer sends back
+    (grad_out @ weight) is formed inside the Leaky backward loop, step by step,
+    instead of as a [T, B, N] tensor by one skinny matrix product. Without the
+    fused kernel (under a whole-model torch.compile, or `neuron.fused` off): the
+    two layers in turn."""
+    if torch.compiler.is_compiling() or not neuron.fused:
+        spk, _ = neuron(cur, record_mem=False)
+        return spk, linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
+    spk, _, out = _leaky_sequence(neuron, cur, None, neuron.compiled, False, linear)
+    return spk, out
+
+
+def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
+    """(spk, mem, out) of fused_leaky / fused_leaky_linear, outside torch.compile."""
     if steps is None:
         base = _time_expanded_base(cur)
         if base is not None:
             cur, steps = base, cur.shape[0]
     b = neuron.beta.clamp(0, 1)
-    inputs = (cur, b, neuron.threshold)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+    weight = bias = None
+    if linear is not None:
+        weight, bias = linear.weight, linear.bias
+    inputs = (cur, b, neuron.threshold, weight, bias)
+    grad = any(t is not None and t.requires_grad for t in inputs)
+    if not (torch.is_grad_enabled() and grad):
         args = (cur, b.detach(), neuron.threshold, steps, neuron.reset_mode)
         if compiled:
-            return torch_compiled(leaky_scan)(*args, record_mem)
-        return leaky_run(*args, record_mem)[:2]
+            spk, mem = torch_compiled(leaky_scan)(*args, record_mem)
+        else:
+            spk, mem = leaky_run(*args, record_mem)[:2]
+        out = None
+        if linear is not None:
+            out = linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
+        return spk, mem, out
     surrogate = None if neuron.hard else neuron.surrogate
     options = (
         neuron.reset_mode,
@@ -355,7 +418,7 @@ def fused_leaky(neuron, cur, steps=None, compiled=False, record_mem=True):
         compiled,
         record_mem,
     )
-    return LeakySequence.apply(cur, b, neuron.threshold, steps, options)
+    return LeakySequence.apply(*inputs, steps, options)
 
 
 class SpikingNeuron(nn.Module):
@@ -436,9 +499,13 @@ class Leaky(SpikingNeuron):
     none:     mem[t] = b * mem[t-1] + I[t]
     """
 
+    fused = True  # False: the plain step loop instead of the fused kernel
+
     def forward(self, cur, record_mem=True):
         """The whole sequence by the fused kernel: one autograd node, the same
         float operations as `step` (identical spikes and membranes)."""
+        if not self.fused:
+            return super().forward(cur, record_mem)
         return fused_leaky(self, cur, compiled=self.compiled, record_mem=record_mem)
 
     def step(self, cur, state):

@@ -1,6 +1,7 @@
 """`snncompile bench SPEC`: one network, every way of running it, side by side.
 
-    snncompile bench specs/mnist_fc.yaml [--batch 128] [--repeats 20] [--warmup 3]
+    snncompile bench specs/mnist_fc.yaml [--batch 128] [--repeats 20] [--run 5]
+                     [--warmup 3]
                      [--no-compile] [--reference auto|snntorch|step] [--rss]
                      [--threads N] [--clock wall|process] [--plain-optimizer]
                      [--seed N] [--json FILE]
@@ -35,9 +36,12 @@ optimizer through torch's fused implementation (`fused=True`: the same update in
 one kernel); `--plain-optimizer` gives every variant the default one.
 
 Method: one process, one random batch; `--warmup` untimed rounds, then
-`--repeats` rounds that time each variant once in turn (round-robin, starting
-variant rotated), so load from other processes hits all of them alike; figures
-are medians. A training step is forward + the spec's loss (registry) + backward
+`--repeats` rounds that give each variant a turn (round-robin, starting variant
+rotated), so load from other processes hits all of them alike. A turn times
+`--run` training steps back to back, each on its own, then as many inference
+calls: training takes its steps back to back, with its weights and buffers warm
+in the caches (`--run 1` alternates variants at every step, which leaves every
+step to start from another variant's cache contents). Figures are medians. A training step is forward + the spec's loss (registry) + backward
 + the spec's optimizer step; inference is a no_grad eval-mode forward + decoding.
 `--clock process` times this process's CPU seconds instead of wall seconds:
 with `--threads 1` that stays steady on a busy machine (time other processes
@@ -99,6 +103,12 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds (3)")
     parser.add_argument(
+        "--run",
+        type=int,
+        default=5,
+        help="steps per variant per round, back to back as in training (5)",
+    )
+    parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile variant"
     )
     parser.add_argument(
@@ -130,8 +140,8 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import snncompile
 
-    if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
-        raise UserError("--batch and --repeats must be >= 1, --warmup >= 0")
+    if args.batch < 1 or args.repeats < 1 or args.run < 1 or args.warmup < 0:
+        raise UserError("--batch, --repeats and --run must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = snncompile.load(args.spec)
@@ -344,7 +354,7 @@ class Bench:
         """eager, but every neuron on its plain step loop (Leaky without its kernel)."""
         net = self._copy()
         for module in neurons(net):
-            module.forward = module.loop
+            module.fused = False
         return net
 
     def _onnx_variant(self) -> Variant | None:
@@ -475,13 +485,17 @@ class Bench:
                     variant.normal_s = (middle - start, time.perf_counter() - middle)
 
     def time_rounds(self) -> None:
-        count = len(self.variants)
+        """Each round gives every variant a turn of `--run` training steps back
+        to back, then as many inference calls, each timed on its own."""
+        count, run = len(self.variants), self.args.run
         for r in range(self.args.repeats):
             order = self.variants[r % count :] + self.variants[: r % count]
             for variant in order:
                 if variant.trainable:
-                    variant.train_s.append(self._timed(self.train_step, variant))
-                variant.infer_s.append(self._timed(self.infer_step, variant))
+                    for _ in range(run):
+                        variant.train_s.append(self._timed(self.train_step, variant))
+                for _ in range(run):
+                    variant.infer_s.append(self._timed(self.infer_step, variant))
 
     def measure_memory(self) -> None:
         for variant in self.variants:
@@ -527,6 +541,7 @@ class Bench:
             "steps": self.graph.steps,
             "batch": batch,
             "repeats": self.args.repeats,
+            "run": self.args.run,
             "warmup": self.args.warmup,
             "threads": torch.get_num_threads(),
             "clock": self.args.clock,
@@ -660,8 +675,8 @@ def format_report(report: dict) -> str:
     title = (
         f"{report['spec']}: batch {report['batch']}, {report['steps']} steps, "
         f"{report['threads']} threads, torch {report['torch']}; {report['clock']} "
-        f"time, medians of "
-        f"{report['repeats']} interleaved rounds after {report['warmup']} warm-up"
+        f"time, medians of {report['repeats']} interleaved rounds of "
+        f"{report.get('run', 1)} steps per variant after {report['warmup']} warm-up"
     )
     lines = [
         title,

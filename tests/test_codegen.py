@@ -472,6 +472,7 @@ def test_standalone_script_trains_like_snncompile_train(tmp_path, variants):
 
 def _data_root() -> Path:
     root = Path(os.environ.get("SNNCOMPILE_DATA") or REPO.parent / "shared" / "data")
+    root = root.resolve()  # the script runs in another folder
     if not (root / "MNIST" / "raw").is_dir():
         pytest.skip(f"MNIST not found in {root} (set SNNCOMPILE_DATA)")
     return root

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from snncompile.runtime import fused, surrogates
-from snncompile.runtime.fused import fused_leaky
+from snncompile.runtime.fused import fused_leaky, fused_leaky_linear
 from snncompile.runtime.neurons import Leaky
 
 T, B, N = 9, 6, 7
@@ -225,6 +225,53 @@ def test_compiled_kernels(layer_size):
         neuron = make_neuron("zero", True, True)
         cur = currents(18)
         compare(neuron, cur, uses=("spk",), seed=18, compiled=True, record_mem=False)
+
+
+def compare_with_linear(neuron, cur, seed, expand=False, compiled=False):
+    """fused_leaky_linear against the step loop followed by the linear layer:
+    identical spikes and outputs, close gradients (both outputs in the loss)."""
+    gen = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(N, 5)
+    w_out = torch.randn(T, B, 5, generator=gen)
+    w_spk = torch.randn(T, B, N, generator=gen)
+    results = []
+    for run in ("reference", "fused"):
+        module, layer = copy.deepcopy(neuron), copy.deepcopy(linear)
+        leaf = cur.detach().clone().requires_grad_()
+        seq = leaf.unsqueeze(0).expand(T, *leaf.shape) if expand else leaf
+        if run == "reference":
+            spk, _ = step_loop(module, seq)
+            out = layer(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
+        else:
+            module.compiled = compiled
+            spk, out = fused_leaky_linear(module, layer, seq)
+        ((out * w_out).sum() + (spk * w_spk).sum()).backward()
+        grads = {"cur": leaf.grad}
+        for name, param in [*module.named_parameters(), *layer.named_parameters()]:
+            grads[name] = param.grad
+        results.append((spk.detach(), out.detach(), grads))
+    (spk_ref, out_ref, grads_ref), (spk, out, grads) = results
+    assert torch.equal(spk, spk_ref) and torch.equal(out, out_ref)
+    assert 0 < spk.sum() < spk.numel()
+    assert grads.keys() == grads_ref.keys() and len(grads) == 5
+    for name, grad_ref in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("expand", [False, True])
+def test_leaky_and_linear_as_one_node(reset, expand):
+    neuron = make_neuron(reset, False, True)
+    cur = currents(21, (B, N) if expand else (T, B, N))
+    compare_with_linear(neuron, cur, seed=21, expand=expand)
+
+
+@pytest.mark.compile
+def test_compiled_leaky_and_linear(layer_size):
+    """Compiled, a large layer forms the linear layer's input gradient inside
+    its backward loop (never stored); a small one as a matrix product."""
+    neuron = make_neuron("subtract", False, True)
+    compare_with_linear(neuron, currents(22, (B, N)), 22, expand=True, compiled=True)
 
 
 def test_plain_loop_under_torch_compile(monkeypatch):

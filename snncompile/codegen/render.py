@@ -203,6 +203,25 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
+# a linear layer after a hidden Leaky layer is fused into its node when its output
+# is this narrow: its input gradient is then formed inside the Leaky backward
+# loop (out_features multiply-adds per neuron and step), where a skinny matrix
+# product would write and read back a [T, B, N] tensor
+FUSED_LINEAR_MAX_OUT = 32
+
+
+def fuses_with_linear(node: Node, after: Node | None, last: Node) -> bool:
+    """Whether `node` and the `after` it run as one fused_leaky_linear node."""
+    return (
+        node.type == "leaky"
+        and node is not last
+        and after is not None
+        and after.type == "linear"
+        and len(node.out_shape) == 1
+        and after.params["out_features"] <= FUSED_LINEAR_MAX_OUT
+    )
+
+
 def _forward_layered(graph: Graph) -> list[str]:
     """Whole-sequence schedule: each layer runs once over all T steps."""
     lines: list[str] = []
@@ -219,7 +238,20 @@ def _forward_layered(graph: Graph) -> list[str]:
         lines.append(_encode_line(graph, "h"))
     spikes = []
     last = graph.neuron_nodes[-1]
-    for node in graph.nodes[len(prefix) :]:
+    rest = graph.nodes[len(prefix) :]
+    skip = None
+    for node, after in zip(rest, [*rest[1:], None]):
+        if node is skip:
+            continue
+        if fuses_with_linear(node, after, last):
+            lines.append(
+                f"spk_{node.name}, h = fused_leaky_linear("
+                f"self.{node.name}, self.{after.name}, h)  # one node: "
+                f"{_shape(after.out_shape)}"
+            )
+            spikes.append(node.name)
+            skip = after
+            continue
         if node is last:
             lines.append(f"spk_{node.name}, mem_{node.name} = self.{node.name}(h)")
             spikes.append(node.name)

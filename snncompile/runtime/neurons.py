@@ -98,9 +98,13 @@ class Leaky(SpikingNeuron):
     none:     mem[t] = b * mem[t-1] + I[t]
     """
 
+    fused = True  # False: the plain step loop instead of the fused kernel
+
     def forward(self, cur, record_mem=True):
         """The whole sequence by the fused kernel: one autograd node, the same
         float operations as `step` (identical spikes and membranes)."""
+        if not self.fused:
+            return super().forward(cur, record_mem)
         return fused_leaky(self, cur, compiled=self.compiled, record_mem=record_mem)
 
     def step(self, cur, state):

@@ -541,9 +541,9 @@ def _raster(net, split, graph, seed: int, device, path) -> None:
     """Spike raster of the first test sample through every spiking layer."""
     net.eval()
     x, y = split.batch(slice(0, 1))
-    with _fork_rng(device):
+    with _fork_rng(device), optimize.eager(net), torch.no_grad():
         torch.manual_seed(seed)
-        spk, mem, records = net(x, all_spikes=True)
+        spk, mem, records = net(x, all_spikes=True)  # one sample: not worth compiling
     decode = getattr(decoders, registry.DECODERS[graph.decoding])
     predicted = int(decode(spk, mem).argmax(-1)[0])
     samples = {name: record[:, 0].cpu() for name, record in records.items()}
