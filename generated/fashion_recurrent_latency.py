@@ -431,7 +431,8 @@ def train(
     compile=False,
 ):
     """Train from seeded initial weights; returns (model, metrics). `compile`:
-    every neuron's time loop through torch.compile (the same values, faster)."""
+    every neuron's time loop through torch.compile (faster; the same forward
+    values, gradients equal up to float summation order)."""
     device = pick_device(device)
     torch.manual_seed(seed)
     model = Net().to(device)

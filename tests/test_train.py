@@ -429,8 +429,9 @@ def test_eval_onnx_agrees_with_the_checkpoint(trained, tmp_path, capsys):
 @pytest.mark.compile
 def test_compiled_training_matches_eager(tmp_path):
     """`snncompile train`'s default, the neuron loops compiled, trains bit for bit
-    like the eager kernels; a last partial batch runs eagerly (no compile for one
-    call)."""
+    like the eager kernels on layers this small (no fused linear gradient: the
+    same gradient arithmetic); a last partial batch runs eagerly (no compile for
+    one call)."""
     spec = write_spec(tmp_path, limit_train=160)  # batches of 64, 64 and 32
     spec.write_text(spec.read_text() + "  drop_last: false\n")
     options = {"epochs": 1, "limit_test": 200, "progress": False}  # 3 x 64 + 8

@@ -5,8 +5,11 @@ their fused kernel's forward and backward loops as torch.compile'd C++ (one loop
 over all steps each), every other neuron type its step loop through torch.compile
 (inductor fuses the recurrence; AOTAutograd derives its backward). Stateless
 layers stay eager: each is already one call over all steps (`time_batched`), a
-library kernel that compilation cannot beat. Every compiled kernel computes the
-same float operations as the eager one (tests/test_compiled.py).
+library kernel that compilation cannot beat. Every compiled forward computes the
+same float operations as the eager one (identical spikes and membranes); backward
+passes agree up to float summation order: the compiled Leaky backward forms a
+fused linear layer's input gradient step by step, where eager code multiplies
+matrices (tests/test_compiled.py, tests/test_fused.py).
 
 `compile_model(net)` is the alternative: torch.compile of the whole forward.
 
