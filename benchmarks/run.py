@@ -1,11 +1,11 @@
-"""Side-by-side benchmark of a spec: snnTorch-style loop, snncompile eager, fused,
+"""Side-by-side benchmark of a spec: snnTorch's tutorial loop, snncompile eager,
 compiled and onnxruntime (a thin wrapper around `snncompile bench`).
 
     python benchmarks/run.py specs/mnist_fc.yaml --repeats 20 --json fc.json
     python benchmarks/run.py specs/mnist_csnn.yaml --repeats 5
 
 Every option of `snncompile bench` applies (see `snncompile bench --help` and the
-docstring of snncompile/bench.py for the method): --batch, --repeats, --warmup,
+docstring of snncompile/bench.py for the method): --batch, --repeats, --run, --warmup,
 --no-compile, --reference auto|snntorch|step, --rss, --threads, --seed, --json.
 """
 

@@ -1,9 +1,9 @@
 """A fused Leaky layer over a whole sequence, with a hand-written backward.
 
-`fused_leaky(neuron, cur)` returns exactly what `Leaky.forward(cur)` returns
-(the same float operations in the same order, so identical spikes and
-membranes), but records ONE autograd node for all T steps instead of ~10 per
-step and saves only what the backward needs: the spike record (an output anyway)
+`fused_leaky(neuron, cur)` (what `Leaky.forward` runs) returns exactly what the
+step loop `Leaky.loop(cur)` returns (the same float operations in the same
+order, so identical spikes and membranes), but records ONE autograd node for
+all T steps instead of ~10 per step and saves only what the backward needs: the spike record (an output anyway)
 and the membrane record - for a time-invariant input not even that: ~sqrt(T)
 checkpoints, the rest recomputed exactly in the backward. A hidden layer can skip
 its membrane record (`record_mem=False`). With `compiled=True` the forward and
@@ -25,6 +25,10 @@ S' is the surrogate's own backward formula (its `backward` is called directly).
 A time-invariant input may be passed once, `cur` [B, ...] with `steps=T`, or as
 the `expand`ed view [T, B, ...] of such a tensor: then I[t] is the same tensor at
 every step and its gradient is summed over T inside the backward.
+
+`fused_leaky_linear(neuron, linear, cur)` makes a hidden Leaky layer and the
+linear layer after it one node: in the compiled backward the spike gradient the
+linear layer sends back is formed step by step inside the loop.
 
 Self-contained (only torch), so the source can be inlined into generated code.
 """
