@@ -470,3 +470,16 @@ def test_whole_model_compile_trains_like_eager(tmp_path, monkeypatch):
         a["iteration_loss"][0], b["iteration_loss"][0], rtol=1e-4, atol=1e-5
     )
     assert abs(compiled["test_accuracy"] - eager["test_accuracy"]) < 0.1
+
+
+def test_training_runs_eagerly_when_torch_compile_cannot(tmp_path, monkeypatch, capsys):
+    """Without a working C++ compiler the default --compile neurons warns once and
+    trains eagerly instead of failing at the first step."""
+    from snncompile.lower import optimize
+
+    monkeypatch.setattr(optimize, "compile_problem", lambda: "no C++ compiler")
+    spec = write_spec(tmp_path, limit_train=128)
+    metrics = loop.train(spec, out=tmp_path / "run", epochs=1, progress=False)
+    err = capsys.readouterr().err
+    assert "torch.compile cannot build kernels here (no C++ compiler)" in err
+    assert metrics["compile"] == "none" and metrics["compile_seconds"] is None

@@ -36,7 +36,10 @@ MODES = ("neurons", "model", "none")  # what `snncompile train --compile` accept
 RECOMPILE_LIMIT = 64
 
 
-def _raise_recompile_limit() -> None:
+def _configure_dynamo() -> None:
+    """Room for one entry per layer and shape; and a failing compilation (no C++
+    compiler, say) runs that function eagerly, with dynamo's warning, instead of
+    stopping the run: the values are the same, only slower."""
     import torch
 
     config = torch._dynamo.config
@@ -44,6 +47,7 @@ def _raise_recompile_limit() -> None:
         "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     )
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    config.suppress_errors = True
 
 
 def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
@@ -54,7 +58,7 @@ def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
 def compile_neurons(net: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Run every neuron's time loop through torch.compile (in place); returns net."""
     if enabled:
-        _raise_recompile_limit()
+        _configure_dynamo()
     for module in neurons(net):
         module.compiled = enabled
     return net
@@ -79,8 +83,22 @@ def compile_model(net: torch.nn.Module, **options) -> torch.nn.Module:
     """torch.compile of the whole forward (neurons traced as their step loops)."""
     import torch
 
-    _raise_recompile_limit()
+    _configure_dynamo()
     return torch.compile(net, **options)
+
+
+def compile_problem() -> str | None:
+    """Why torch.compile cannot build its C++ kernels on this machine (no working
+    C++ compiler), in one line; None when it can, or when torch cannot say."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let a failure show at compile
+        return None
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # noqa: BLE001 - any failure means: do not compile
+        return str(err).strip().splitlines()[0] or type(err).__name__
+    return None
 
 
 def apply(net: torch.nn.Module, mode: str) -> torch.nn.Module:

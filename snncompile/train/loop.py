@@ -356,6 +356,14 @@ def train(
         start_epoch, skip = payload["epoch"] + 1, payload["step"]
 
     optimize.tune_allocator()
+    problem = optimize.compile_problem() if compile != "none" else None
+    if problem:
+        print(
+            f"warning: torch.compile cannot build kernels here ({problem}); "
+            "training eagerly, as with --compile none (the same values, slower)",
+            file=sys.stderr,
+        )
+        compile = "none"
     model = optimize.apply(net, compile)  # torch.compile on top (optimize.MODES)
     compiled = compile != "none"
     compile_before = optimize.compile_stats() if compiled else None
