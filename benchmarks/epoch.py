@@ -91,6 +91,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.data_root:
         parser.error("pass --data-root DIR (the folder holding MNIST/raw)")
+    if args.repeats < 1 or args.tutorial_repeats < 1:
+        parser.error("--repeats and --tutorial-repeats must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="snncompile-epoch-"))
     env = dict(os.environ)
     if args.cold:

@@ -39,6 +39,8 @@ def compile(spec: Spec, seed: int | None = None, whole: bool = False, **options)
     entire forward through torch.compile(**options)."""
     from .lower.optimize import compile_model, compile_neurons
 
+    if options and not whole:
+        raise TypeError(f"torch.compile options {sorted(options)} need whole=True")
     net = build(spec, seed=seed)
     return compile_model(net, **options) if whole else compile_neurons(net)
 

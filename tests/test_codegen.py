@@ -584,9 +584,53 @@ def test_standalone_script_compile_flag_trains_the_same(variants):
     the same float operations, backward included."""
     module = _import(variants / "synthetic_step.py")
     _, eager = module.train(epochs=1)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     _, compiled = module.train(epochs=1, compile=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
     assert compiled["history"] == [
         {**h, "seconds": c["seconds"]}
         for h, c in zip(eager["history"], compiled["history"])
     ]
     assert compiled["test_accuracy"] == eager["test_accuracy"]
+
+
+def _fused_pairs(layers: str) -> list[str]:
+    """The fused_leaky_linear lines of a small spec's layered forward."""
+    spec = snncompile.loads(
+        "snncompile: 1\nname: fusion\ninput: {shape: [4, 6, 6], encoding: "
+        "{type: direct}}\nsteps: 3\ndefaults: {beta: 0.9}\nlayers:\n"
+        + layers
+        + "decoding: {type: rate}\nloss: {type: ce_rate}\n"
+        "train: {dataset: synthetic, batch_size: 4}\n"
+    )
+    source = render_model(snncompile.analyze(spec))
+    return [
+        line.strip() for line in source.splitlines() if "= fused_leaky_linear(" in line
+    ]
+
+
+def test_hidden_leaky_fuses_with_a_narrow_linear_layer_only():
+    flat = "  - {type: flatten}\n  - {type: linear, name: fc, out_features: 16}\n"
+    out = "  - {type: linear, name: out, out_features: 3}\n  - {type: leaky, name: last}\n"
+
+    def hidden(width):
+        return (
+            "  - {type: leaky, name: lif}\n"
+            f"  - {{type: linear, name: mid, out_features: {width}}}\n"
+            "  - {type: leaky, name: lif2}\n"
+        )
+
+    fused_out = (
+        "spk_lif2, h = fused_leaky_linear(self.lif2, self.out, h)  # one node: [3]"
+    )
+    assert _fused_pairs(flat + hidden(32) + out) == [
+        "spk_lif, h = fused_leaky_linear(self.lif, self.mid, h)  # one node: [32]",
+        fused_out,
+    ]
+    assert _fused_pairs(flat + hidden(33) + out) == [fused_out]  # too wide
+    dropout = flat + "  - {type: leaky, name: lif}\n  - {type: dropout, p: 0.1}\n"
+    assert _fused_pairs(dropout + out) == []  # not adjacent
+    conv = "  - {type: conv2d, name: conv, out_channels: 2, kernel_size: 3}\n"
+    maps = conv + "  - {type: leaky, name: maps}\n  - {type: flatten}\n" + out
+    assert _fused_pairs(maps) == []  # feature maps: a flatten comes in between
+    assert _fused_pairs(flat + out) == []  # the output layer keeps its membranes

@@ -267,11 +267,26 @@ def test_leaky_and_linear_as_one_node(reset, expand):
 
 
 @pytest.mark.compile
-def test_compiled_leaky_and_linear(layer_size):
+@pytest.mark.parametrize("expand", [True, False], ids=["constant", "varying"])
+def test_compiled_leaky_and_linear(layer_size, expand):
     """Compiled, a large layer forms the linear layer's input gradient inside
-    its backward loop (never stored); a small one as a matrix product."""
+    its backward loop (never stored); a small one as a matrix product. A
+    time-invariant input recomputes the membranes, a varying one saves them."""
     neuron = make_neuron("subtract", False, True)
-    compare_with_linear(neuron, currents(22, (B, N)), 22, expand=True, compiled=True)
+    cur = currents(22, (B, N) if expand else (T, B, N))
+    compare_with_linear(neuron, cur, 22, expand=expand, compiled=True)
+
+
+def test_linear_with_a_hook_runs_as_two_layers():
+    """A linear layer with a forward hook is called as a module, so the hook runs."""
+    neuron = make_neuron("subtract", False, False)
+    linear = torch.nn.Linear(N, 5)
+    calls = []
+    linear.register_forward_hook(lambda *_: calls.append(1))
+    cur = currents(23).requires_grad_()
+    spk, out = fused_leaky_linear(neuron, linear, cur)
+    assert calls == [1]
+    assert torch.equal(out, linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2]))
 
 
 def test_plain_loop_under_torch_compile(monkeypatch):

@@ -1,5 +1,6 @@
 """Training and evaluation from a spec (snncompile.train) on tiny synthetic data."""
 
+import argparse
 import json
 import os
 import pathlib
@@ -483,3 +484,21 @@ def test_training_runs_eagerly_when_torch_compile_cannot(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "torch.compile cannot build kernels here (no C++ compiler)" in err
     assert metrics["compile"] == "none" and metrics["compile_seconds"] is None
+
+
+def test_compile_modes():
+    from snncompile.lower import optimize
+    from snncompile.train.command import configure_train
+
+    assert [optimize.as_mode(m) for m in (True, False, "model")] == [
+        "neurons",
+        "none",
+        "model",
+    ]
+    with pytest.raises(UserError, match="compile mode must be one of"):
+        optimize.as_mode("fast")
+    parser = argparse.ArgumentParser()
+    configure_train(parser)
+    assert parser.parse_args(["s.yaml"]).compile == "neurons"
+    assert parser.parse_args(["s.yaml", "--compile"]).compile == "neurons"
+    assert parser.parse_args(["s.yaml", "--compile", "none"]).compile == "none"

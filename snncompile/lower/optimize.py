@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where used: the CLI reads MODES without it
     import torch
 
+from ..spec.errors import UserError
+
 MODES = ("neurons", "model", "none")  # what `snncompile train --compile` accepts
 
 # each layer and shape is its own dynamo entry of the same few functions
@@ -37,9 +39,7 @@ RECOMPILE_LIMIT = 64
 
 
 def _configure_dynamo() -> None:
-    """Room for one entry per layer and shape; and a failing compilation (no C++
-    compiler, say) runs that function eagerly, with dynamo's warning, instead of
-    stopping the run: the values are the same, only slower."""
+    """Room for one dynamo entry per layer and shape."""
     import torch
 
     config = torch._dynamo.config
@@ -47,7 +47,6 @@ def _configure_dynamo() -> None:
         "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     )
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-    config.suppress_errors = True
 
 
 def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
@@ -103,11 +102,20 @@ def compile_problem() -> str | None:
 
 def apply(net: torch.nn.Module, mode: str) -> torch.nn.Module:
     """The module to run for a `--compile` mode: neurons, model or none."""
-    if mode not in MODES:
-        raise ValueError(f"compile mode must be one of {MODES}, not {mode!r}")
+    mode = as_mode(mode)
     if mode == "model":
         return compile_model(net)
     return compile_neurons(net, enabled=mode == "neurons")
+
+
+def as_mode(mode: str | bool) -> str:
+    """A compile mode; True and False (the flag of earlier versions) mean
+    neurons and none."""
+    if isinstance(mode, bool):
+        return "neurons" if mode else "none"
+    if mode not in MODES:
+        raise UserError(f"compile mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
 
 
 def compile_stats() -> dict:

@@ -3,12 +3,14 @@
 `fused_leaky(neuron, cur)` (what `Leaky.forward` runs) returns exactly what the
 step loop `Leaky.loop(cur)` returns (the same float operations in the same
 order, so identical spikes and membranes), but records ONE autograd node for
-all T steps instead of ~10 per step and saves only what the backward needs: the spike record (an output anyway)
-and the membrane record - for a time-invariant input not even that: ~sqrt(T)
-checkpoints, the rest recomputed exactly in the backward. A hidden layer can skip
-its membrane record (`record_mem=False`). With `compiled=True` the forward and
-backward loops are torch.compile'd into one fused C++ loop each (exact as well;
-the backward then recomputes the membranes in registers and saves nothing).
+all T steps instead of ~10 per step and saves only what the backward needs: the
+spike record (an output anyway) and the membrane record - for a time-invariant
+input not even that: ~sqrt(T) checkpoints of a large layer, the rest recomputed
+exactly in the backward. A hidden layer can skip returning its membrane record
+(`record_mem=False`; a time-varying input still saves it for the backward).
+With `compiled=True` the forward and backward loops are torch.compile'd into one
+fused C++ loop each (exact as well; for a time-invariant input the backward then
+recomputes the membranes in registers and saves none).
 
 Forward, b = clamp(beta, 0, 1), reset[t] = H(mem[t-1] - threshold) = spk[t-1]:
     subtract: mem[t] = b * mem[t-1] + I[t] - reset[t] * threshold
@@ -357,16 +359,25 @@ def fused_leaky_linear(neuron, linear, cur):
     """A hidden Leaky layer and the linear layer after it, over a whole sequence:
     cur [T, B, N] -> (spk, out), spk [T, B, N] and out = linear(spk) [T, B, K], the
     same values as running them in turn. One autograd node: with the neuron's
-    `compiled` flag the spike gradient that the linear layer sends back
-    (grad_out @ weight) is formed inside the Leaky backward loop, step by step,
-    instead of as a [T, B, N] tensor by one skinny matrix product. Without the
-    fused kernel (under a whole-model torch.compile, or `neuron.fused` off): the
-    two layers in turn."""
-    if torch.compiler.is_compiling() or not neuron.fused:
+    `compiled` flag and a large layer (not `small_step`) the spike gradient that
+    the linear layer sends back (grad_out @ weight) is formed inside the Leaky
+    backward loop, step by step, instead of as a [T, B, N] tensor by one skinny
+    matrix product (eagerly, or for a small layer: that product). Without the
+    fused kernel (under a whole-model torch.compile, `neuron.fused` off, or a
+    linear layer with hooks or parametrizations): the two layers in turn."""
+    if torch.compiler.is_compiling() or not neuron.fused or not _plain(linear):
         spk, _ = neuron(cur, record_mem=False)
         return spk, linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
     spk, _, out = _leaky_sequence(neuron, cur, None, neuron.compiled, False, linear)
     return spk, out
+
+
+def _plain(linear):
+    """Whether `linear` computes exactly addmm(bias, x, weight.T), so that the
+    fused node may read its tensors: a plain nn.Linear (a parametrized one is a
+    subclass) without forward hooks."""
+    hooks = linear._forward_hooks or linear._forward_pre_hooks
+    return type(linear) is torch.nn.Linear and not hooks
 
 
 def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
@@ -382,7 +393,8 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
     inputs = (cur, b, neuron.threshold, weight, bias)
     grad = any(t is not None and t.requires_grad for t in inputs)
     if not (torch.is_grad_enabled() and grad):
-        args = (cur, b.detach(), neuron.threshold, steps, neuron.reset_mode)
+        threshold = neuron.threshold.detach()  # as in training: one graph
+        args = (cur, b.detach(), threshold, steps, neuron.reset_mode)
         if compiled:
             spk, mem = torch_compiled(leaky_scan)(*args, record_mem)
         else:

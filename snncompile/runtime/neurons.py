@@ -9,7 +9,7 @@ Conventions shared by every neuron (snnTorch's defaults):
 
 `step` advances one time step; `forward` runs a whole sequence [T, B, ...]:
 Leaky by runtime/fused.py's sequence kernel, the others by their step loop. With
-`compiled` set (snncompile.optimize, a generated script's --compile) that loop,
+`compiled` set (snncompile.lower.optimize, a generated script's --compile) that loop,
 or the Leaky kernel's loops, run through torch.compile: one fused C++ loop.
 These classes are inlined verbatim into generated code (only torch is used).
 """

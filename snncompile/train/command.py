@@ -53,6 +53,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         choices=optimize.MODES,
+        nargs="?",
+        const="neurons",
         default="neurons",
         help="torch.compile on top: each neuron's time loop (neurons, the "
         "default), the whole forward (model), or eager only (none)",
@@ -67,8 +69,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..lower.optimize import tune_allocator
     from .loop import train
 
+    tune_allocator()  # this process only: large blocks stay mapped between steps
     metrics = train(
         args.spec,
         data_root=args.data_root,
