@@ -78,6 +78,16 @@ def eager(net: torch.nn.Module, when: bool = True) -> Iterator[None]:
             module.compiled = flag
 
 
+@contextlib.contextmanager
+def batch_runner(model: torch.nn.Module, partial: bool) -> Iterator[torch.nn.Module]:
+    """The module to call for one batch: `model`, or for a partial batch the
+    uncompiled net with its neurons on their eager kernels (the same values,
+    and no compiling of new graphs for that one call) - in every compile mode."""
+    net = getattr(model, "_orig_mod", model)  # under a whole-model torch.compile
+    with eager(net, when=partial):
+        yield net if partial else model
+
+
 def compile_model(net: torch.nn.Module, **options) -> torch.nn.Module:
     """torch.compile of the whole forward (neurons traced as their step loops)."""
     import torch

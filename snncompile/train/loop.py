@@ -155,10 +155,8 @@ def run_evaluation(model, split, graph, batch_size: int, seed: int, device) -> d
     with _fork_rng(device):
         torch.manual_seed(seed)  # the same rate-coded test inputs every time
         for x, y in split.batches(batch_size):
-            partial = y.shape[0] != batch_size  # eagerly: no compile for one call
-            runner = getattr(model, "_orig_mod", model) if partial else model
-            with optimize.eager(runner, when=partial):
-                spk, mem, records = runner(x, all_spikes=True)
+            with optimize.batch_runner(model, y.shape[0] != batch_size) as run:
+                spk, mem, records = run(x, all_spikes=True)
             total_loss += loss_of(spk, mem, y, records) * y.shape[0]
             correct += decoders.accuracy(decode(spk, mem), y)
             for name, record in records.items():
@@ -446,13 +444,11 @@ def train(
             started = time.perf_counter()
             batches = train_split.batches(cfg.batch_size, order, cfg.drop_last, skip)
             for step, (x, y) in enumerate(batches, start=skip + 1):
-                partial = y.shape[0] != cfg.batch_size  # eager: no compile for it
-                runner = net if partial else model
-                with optimize.eager(net, when=partial):
+                with optimize.batch_runner(model, y.shape[0] != cfg.batch_size) as run:
                     if need_records:
-                        spk, mem, records = runner(x, all_spikes=True)
+                        spk, mem, records = run(x, all_spikes=True)
                     else:
-                        (spk, mem), records = runner(x), None
+                        (spk, mem), records = run(x), None
                 loss = loss_of(spk, mem, y, records)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
