@@ -384,8 +384,11 @@ def fused_leaky_linear(neuron, linear, cur):
     linear layer with hooks or parametrizations): the two layers in turn."""
     if torch.compiler.is_compiling() or not neuron.fused or not _plain(linear):
         spk, _ = neuron(cur, record_mem=False)
-        return spk, linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
-    spk, _, out = _leaky_sequence(neuron, cur, None, neuron.compiled, False, linear)
+        out = None
+    else:
+        spk, _, out = _leaky_sequence(neuron, cur, None, neuron.compiled, False, linear)
+    if out is None:  # the layers in turn, or no gradient needed: the linear's call
+        out = linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
     return spk, out
 
 
@@ -398,7 +401,8 @@ def _plain(linear):
 
 
 def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
-    """(spk, mem, out) of fused_leaky / fused_leaky_linear, outside torch.compile."""
+    """(spk, mem, out) of fused_leaky / fused_leaky_linear, outside torch.compile;
+    out is None without a linear layer, or when no gradient is needed."""
     if steps is None:
         base = _time_expanded_base(cur)
         if base is not None:
@@ -416,10 +420,7 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
             spk, mem = torch_compiled(leaky_scan)(*args, record_mem)
         else:
             spk, mem = leaky_run(*args, record_mem)[:2]
-        out = None
-        if linear is not None:
-            out = linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
-        return spk, mem, out
+        return spk, mem, None
     surrogate = None if neuron.hard else neuron.surrogate
     options = (
         neuron.reset_mode,
