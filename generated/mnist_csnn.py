@@ -172,9 +172,11 @@ def leaky_backward(
     the rest recomputed from cur and the spikes. options: reset, surrogate,
     surrogate_args, constant, needs (cur, b, threshold), small (surrogate over a
     segment at once), into (a buffer for the input gradient, None: stacked),
-    through (None, or the gradient [T, B, K] of a linear layer's output fed by
-    these spikes [T, B, N] and its weight [K, N]: the spike gradient it sends,
-    sum_k grad[t, :, k] weight[k], is formed step by step, never stored).
+    through (None, or (grad, weight, False): the gradient [T, B, K] of a linear
+    layer's output fed by these spikes [T, B, N] and its weight [K, N]: the
+    spike gradient it sends, sum_k grad[t, :, k] weight[k], is formed step by
+    step, never stored; a kernel provider's backward given True there also
+    returns that layer's weight gradient, fourth).
     """
     reset, surrogate, args, constant, needs, small, into, through = options
     need_cur, need_b, need_threshold = needs
@@ -258,6 +260,14 @@ def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
     return kernels[function]
 
 
+def leaky_kernels(compiled):
+    """The (scan, backward) kernels a truthy `compiled` flag selects: leaky_scan
+    and leaky_backward through torch.compile (True), or a provider's own."""
+    if compiled is True:
+        return torch_compiled(leaky_scan), torch_compiled(leaky_backward)
+    return compiled.scan, compiled.backward
+
+
 class LeakySequence(torch.autograd.Function):
     """(cur, b, threshold, weight, bias) -> (spk, mem, out), each [T, B, ...]; see
     the module doc. With a `weight` [K, N] the node also applies the linear layer
@@ -286,7 +296,7 @@ class LeakySequence(torch.autograd.Function):
             stride = max(1, round(length**0.5))
         keep = record or not stride  # the membrane record is needed
         if compiled:  # detached: the same compiled graph as inference's call
-            scan = torch_compiled(leaky_scan)
+            scan = leaky_kernels(compiled)[0]
             args = (cur.detach(), b.detach(), threshold.detach())
             spk_rec, mem_rec = scan(*args, steps, reset, keep)
             saved = cur.new_empty((0, *shape))
@@ -315,19 +325,23 @@ class LeakySequence(torch.autograd.Function):
         saved, cur, spk_rec, b, threshold, weight = ctx.saved_tensors
         reset, surrogate, args, constant, small = ctx.options
         grad_weight = grad_bias = through = None
+        # a provider may also form the linear layer's weight gradient in its loop
+        in_loop = getattr(ctx.compiled, "weight_grad_in_loop", False) and not small
+        in_loop = in_loop and grad_out is not None and ctx.needs_input_grad[3]
         if grad_out is not None:
             flat = grad_out.flatten(0, 1)
-            if ctx.needs_input_grad[3]:
+            if ctx.needs_input_grad[3] and not in_loop:
                 grad_weight = flat.t().mm(spk_rec.flatten(0, 1))
             if ctx.needs_input_grad[4]:
                 grad_bias = flat.sum(0)
-            if surrogate is not None and (ctx.compiled and not small):
-                through = (grad_out, weight)  # formed inside the compiled loop
+            if in_loop or surrogate is not None and (ctx.compiled and not small):
+                through = (grad_out, weight, in_loop)  # formed inside the loop
             elif surrogate is not None:
                 sent = flat.mm(weight).view_as(spk_rec)
                 grad_spk = sent if grad_spk is None else grad_spk + sent
-        if grad_mem is None and (
-            grad_spk is None and through is None or surrogate is None
+        if not in_loop and (
+            grad_mem is None
+            and (grad_spk is None and through is None or surrogate is None)
         ):
             return None, None, None, grad_weight, grad_bias, None, None
         needs = tuple(ctx.needs_input_grad[:3])
@@ -337,10 +351,12 @@ class LeakySequence(torch.autograd.Function):
         if surrogate is not None:  # plain functions, for torch.compile to trace
             surrogate = (surrogate.forward, surrogate.backward)
         options = (reset, surrogate, args, constant, needs, small, into, through)
-        kernel = torch_compiled(leaky_backward) if ctx.compiled else leaky_backward
+        kernel = leaky_kernels(ctx.compiled)[1] if ctx.compiled else leaky_backward
         grads = kernel(
             cur, spk_rec, saved, ctx.stride, grad_spk, grad_mem, b, threshold, options
         )
+        if in_loop:  # (grad_cur, grad_b, grad_threshold, grad_weight)
+            *grads, grad_weight = grads
         return (*grads, grad_weight, grad_bias, None, None)
 
 
@@ -417,7 +433,7 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
         threshold = neuron.threshold.detach()  # as in training: one graph
         args = (cur, b.detach(), threshold, steps, neuron.reset_mode)
         if compiled:
-            spk, mem = torch_compiled(leaky_scan)(*args, record_mem)
+            spk, mem = leaky_kernels(compiled)[0](*args, record_mem)
         else:
             spk, mem = leaky_run(*args, record_mem)[:2]
         return spk, mem, None

@@ -2,7 +2,7 @@
 
 spec = snncompile.load("specs/mnist_fc.yaml")
 net = snncompile.build(spec)          # eager torch.nn.Module
-net = snncompile.compile(spec)        # the same, neuron loops through torch.compile
+net = snncompile.compile(spec)        # the same on compiled kernels (native C, torch.compile)
 """
 
 from __future__ import annotations
@@ -33,16 +33,25 @@ def build(spec: Spec, schedule: str = "layered", seed: int | None = None):
     return build_graph(analyze(spec), schedule=schedule, seed=seed)
 
 
-def compile(spec: Spec, seed: int | None = None, whole: bool = False, **options):
-    """build(spec) with torch.compile on top: every neuron's time loop compiled
-    into fused kernels (the default, see lower/optimize.py), or with `whole` the
-    entire forward through torch.compile(**options)."""
-    from .lower.optimize import compile_model, compile_neurons
+def compile(
+    spec: Spec,
+    seed: int | None = None,
+    whole: bool = False,
+    mode: str | None = None,
+    **options,
+):
+    """build(spec) on compiled kernels: by default Leaky layers on snncompile's
+    native C kernels and other neurons' time loops through torch.compile (mode
+    "native"; "neurons": every neuron through torch.compile; see
+    lower/optimize.py), or with `whole` (mode "model") the entire forward
+    through torch.compile(**options)."""
+    from .lower.optimize import DEFAULT_MODE, apply, as_mode, compile_model
 
-    if options and not whole:
+    mode = "model" if whole else as_mode(mode or DEFAULT_MODE)
+    if options and mode != "model":
         raise TypeError(f"torch.compile options {sorted(options)} need whole=True")
     net = build(spec, seed=seed)
-    return compile_model(net, **options) if whole else compile_neurons(net)
+    return compile_model(net, **options) if mode == "model" else apply(net, mode)
 
 
 __all__ = [

@@ -21,9 +21,13 @@ Variants (all start from the same weights, copied from one `build(spec)`):
   stateless layers batched over [T * B, ...], every Leaky by the fused kernel of
   `runtime/fused.py`: one autograd node per layer, hidden layers without
   membrane record).
-- compiled: `snncompile.compile(spec)`, what `snncompile train` runs: the neuron
-  loops torch.compile'd (Leaky: the fused kernel's forward and backward loops,
-  one C++ loop each), the rest as eager (lower/optimize.py).
+- native: `snncompile.compile(spec)`, what `snncompile train` runs: Leaky layers
+  on snncompile's C kernels (snncompile/native: the fused kernel's forward and
+  backward loops), other neurons as in the next row; shown where a C compiler
+  works.
+- torch.compile neurons: `compile(spec, mode="neurons")`: every neuron loop
+  torch.compile'd (Leaky: the fused kernel's forward and backward loops, one
+  C++ loop each), the rest as eager (lower/optimize.py).
 - whole-model torch.compile: `torch.compile` of the eager model's forward
   (default settings). Compile time (both compiled variants) = first call minus
   a normal call, for training and for inference (separate graphs); inductor's
@@ -80,8 +84,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import registry
-from .lower.optimize import compile_model, compile_neurons, neurons, tune_allocator
+from . import native, registry
+from .lower.optimize import (
+    compile_model,
+    compile_neurons,
+    native_problem,
+    neurons,
+    tune_allocator,
+)
 from .quiet import quiet_stderr
 from .runtime import decode as decode_module
 from .spec.errors import UserError
@@ -313,10 +323,20 @@ class Bench:
             plan.append(("loops", "snncompile eager, Leaky step loops", self._loops))
         plan.append(("eager", "snncompile eager", lambda: self.base))
         if not args.no_compile:
+            if native_problem() is None:
+                plan.append(
+                    (
+                        "native",
+                        "snncompile native (train's default)",
+                        lambda: compile_neurons(self._copy(), kernels=native.kernels()),
+                    )
+                )
+            else:
+                self.notes.append(f"no native row: {native_problem()}")
             plan.append(
                 (
                     "compiled",
-                    "snncompile compiled",
+                    "snncompile torch.compile neurons",
                     lambda: compile_neurons(self._copy()),
                 )
             )
@@ -531,7 +551,7 @@ class Bench:
                 row["peak_train_mb"] = v.peak_bytes / 2**20
             if v.rss is not None:
                 row["peak_rss_mb"] = v.rss["peak_mb"]
-            if v.key in ("compiled", "whole"):
+            if v.key in ("native", "compiled", "whole"):
                 train, infer = v.normal_s or (statistics.median(v.train_s), infer)
                 row["compile_train_s"] = v.first_train_s - train
                 row["compile_infer_s"] = v.first_infer_s - infer
@@ -635,7 +655,7 @@ def _rss_child(options_json: str) -> None:
         batch=options["batch"],
         seed=options["seed"],
         reference=options["reference"],
-        no_compile=options["key"] not in ("compiled", "whole"),
+        no_compile=options["key"] not in ("native", "compiled", "whole"),
         threads=options["threads"],
         plain_optimizer=options["plain_optimizer"],
         clock="wall",

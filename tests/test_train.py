@@ -436,7 +436,7 @@ def test_compiled_training_matches_eager(tmp_path):
     spec = write_spec(tmp_path, limit_train=160)  # batches of 64, 64 and 32
     spec.write_text(spec.read_text() + "  drop_last: false\n")
     options = {"epochs": 1, "limit_test": 200, "progress": False}  # 3 x 64 + 8
-    eager = train(spec, out=tmp_path / "eager", **options)
+    eager = train(spec, out=tmp_path / "eager", compile="none", **options)
     compiled = train(spec, out=tmp_path / "compiled", compile="neurons", **options)
     assert eager["compile_seconds"] is None and compiled["compile_seconds"] > 0
     cache = compiled["compile_cache"]
@@ -474,16 +474,23 @@ def test_whole_model_compile_trains_like_eager(tmp_path, monkeypatch):
 
 
 def test_training_runs_eagerly_when_torch_compile_cannot(tmp_path, monkeypatch, capsys):
-    """Without a working C++ compiler the default --compile neurons warns once and
-    trains eagerly instead of failing at the first step."""
+    """Without a working C compiler the default --compile native, and
+    --compile neurons, warn once and train eagerly instead of failing at the
+    first step."""
     from snncompile.lower import optimize
 
     monkeypatch.setattr(optimize, "compile_problem", lambda: "no C++ compiler")
+    monkeypatch.setattr(optimize, "native_problem", lambda: "no C compiler")
     spec = write_spec(tmp_path, limit_train=128)
     metrics = loop.train(spec, out=tmp_path / "run", epochs=1, progress=False)
     err = capsys.readouterr().err
-    assert "torch.compile cannot build kernels here (no C++ compiler)" in err
+    assert "no compiled kernels here (no C compiler); running eagerly" in err
     assert metrics["compile"] == "none" and metrics["compile_seconds"] is None
+    options = {"epochs": 1, "progress": False, "compile": "neurons"}
+    metrics = loop.train(spec, out=tmp_path / "run2", **options)
+    err = capsys.readouterr().err
+    assert "torch.compile cannot build kernels here (no C++ compiler)" in err
+    assert metrics["compile"] == "none"
 
 
 def test_compile_modes():
@@ -491,7 +498,7 @@ def test_compile_modes():
     from snncompile.train.command import configure_train
 
     assert [optimize.as_mode(m) for m in (True, False, "model")] == [
-        "neurons",
+        "native",
         "none",
         "model",
     ]
@@ -499,6 +506,7 @@ def test_compile_modes():
         optimize.as_mode("fast")
     parser = argparse.ArgumentParser()
     configure_train(parser)
-    assert parser.parse_args(["s.yaml"]).compile == "neurons"
-    assert parser.parse_args(["s.yaml", "--compile"]).compile == "neurons"
+    assert parser.parse_args(["s.yaml"]).compile == "native"
+    assert parser.parse_args(["s.yaml", "--compile"]).compile == "native"
+    assert parser.parse_args(["s.yaml", "--compile", "neurons"]).compile == "neurons"
     assert parser.parse_args(["s.yaml", "--compile", "none"]).compile == "none"

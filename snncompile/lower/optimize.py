@@ -1,4 +1,10 @@
-"""torch.compile on top of the lowered module, where it pays.
+"""Compiled kernels on top of the lowered module, where they pay.
+
+Modes (`snncompile train --compile`): native (the default) runs Leaky layers by
+snncompile's own C kernels (snncompile/native: built once per machine by the
+system C compiler, loaded in milliseconds) and every other neuron as in
+`neurons`; neurons runs every neuron's loops through torch.compile; model
+torch.compiles the whole forward; none stays eager. All give the same spikes.
 
 `compile_neurons(net)` sets every neuron's `compiled` flag: Leaky layers then run
 their fused kernel's forward and backward loops as torch.compile'd C++ (one loop
@@ -31,7 +37,8 @@ if TYPE_CHECKING:  # torch is imported where used: the CLI reads MODES without i
 
 from ..spec.errors import UserError
 
-MODES = ("neurons", "model", "none")  # what `snncompile train --compile` accepts
+MODES = ("native", "neurons", "model", "none")  # what `--compile` accepts
+DEFAULT_MODE = "native"
 
 # each layer and shape is its own dynamo entry of the same few functions
 # (training, evaluation, a last partial batch): more than dynamo's default of 8
@@ -54,21 +61,41 @@ def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in net.modules() if hasattr(type(m), "compiled")]
 
 
-def compile_neurons(net: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
-    """Run every neuron's time loop through torch.compile (in place); returns net."""
-    if enabled:
-        _configure_dynamo()
-    for module in neurons(net):
-        module.compiled = enabled
+def native_fits(module: torch.nn.Module) -> bool:
+    """Whether the native kernels run this neuron: a fused Leaky layer with a
+    scalar beta and threshold (the others keep torch.compile)."""
+    from ..runtime.neurons import Leaky
+
+    return (
+        isinstance(module, Leaky)
+        and module.fused
+        and module.beta.numel() == 1
+        and module.threshold.numel() == 1
+    )
+
+
+def compile_neurons(
+    net: torch.nn.Module, enabled: bool = True, kernels=None
+) -> torch.nn.Module:
+    """Run every neuron's time loop through torch.compile, or with `kernels` (a
+    kernel provider: snncompile.native.kernels()) the Leaky layers that fit by
+    it and the rest through torch.compile (in place); returns net."""
+    modules = neurons(net)
+    if enabled and not all(kernels and native_fits(m) for m in modules):
+        _configure_dynamo()  # imports dynamo: only when something needs it
+    for module in modules:
+        module.compiled = (kernels or True) if enabled else False
     return net
 
 
 @contextlib.contextmanager
 def eager(net: torch.nn.Module, when: bool = True) -> Iterator[None]:
-    """Run `net`'s neurons on their eager kernels inside the block (the same
-    values): for a batch of another size, a last partial batch, whose kernels
-    would otherwise be compiled for that one call."""
-    flags = [(module, module.compiled) for module in neurons(net)] if when else []
+    """Run `net`'s torch.compile'd neurons on their eager kernels inside the
+    block (the same values): for a batch of another size, a last partial batch,
+    whose kernels would otherwise be compiled for that one call. Native kernels
+    stay: they serve every shape without compiling."""
+    flags = [(m, m.compiled) for m in neurons(net) if m.compiled is True]
+    flags = flags if when else []
     for module, _ in flags:
         module.compiled = False
     try:
@@ -110,38 +137,75 @@ def compile_problem() -> str | None:
     return None
 
 
+def native_problem() -> str | None:
+    """Why the native kernels cannot run here, in one line; None when they can."""
+    from .. import native
+
+    return native.problem()
+
+
+def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str | None]:
+    """The mode that can run on this machine for `mode`, and a one-line warning
+    when that is another (no C compiler: eager, the same values, slower)."""
+    mode = as_mode(mode)
+    if mode == "native":
+        why = native_problem()
+        if why is None:
+            return mode, None
+        if compile_problem() is None:
+            return "neurons", f"native kernels unavailable ({why}); using torch.compile"
+        return "none", f"no compiled kernels here ({why}); running eagerly"
+    if mode in ("neurons", "model"):
+        why = compile_problem()
+        if why:
+            return "none", f"torch.compile cannot build kernels here ({why}); " + (
+                "running eagerly, as with --compile none (the same values, slower)"
+            )
+    return mode, None
+
+
 def apply(net: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """The module to run for a `--compile` mode: neurons, model or none."""
+    """The module to run for a `--compile` mode: native, neurons, model or none."""
     mode = as_mode(mode)
     if mode == "model":
         return compile_model(net)
+    if mode == "native":
+        from .. import native
+
+        return compile_neurons(net, kernels=native.kernels())
     return compile_neurons(net, enabled=mode == "neurons")
 
 
 def as_mode(mode: str | bool) -> str:
-    """A compile mode; True and False (the flag of earlier versions) mean
-    neurons and none."""
+    """A compile mode; True and False (the flag of earlier versions) mean the
+    default mode and none."""
     if isinstance(mode, bool):
-        return "neurons" if mode else "none"
+        return DEFAULT_MODE if mode else "none"
     if mode not in MODES:
         raise UserError(f"compile mode must be one of {', '.join(MODES)}, not {mode!r}")
     return mode
 
 
 def compile_stats() -> dict:
-    """What torch.compile has cost this process so far: seconds in dynamo and
-    inductor (forward graphs, and backward graphs compiled at first backward),
-    and graphs found in or added to inductor's on-disk cache."""
-    from torch._dynamo import utils
+    """What compiling has cost this process so far: seconds building or loading
+    the native kernels and in dynamo and inductor (forward graphs, and backward
+    graphs compiled at first backward), native libraries built, and graphs
+    found in or added to inductor's on-disk cache."""
+    stats = {"seconds": 0.0, "native_builds": 0, "cache_hits": 0, "cache_misses": 0}
+    native = sys.modules.get("snncompile.native")
+    if native is not None:
+        stats["seconds"] += native.STATS["seconds"]
+        stats["native_builds"] = native.STATS["builds"]
+    if "torch._dynamo" in sys.modules:  # never imported just to read zeros
+        from torch._dynamo import utils
 
-    times = utils.compilation_time_metrics
-    keys = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
-    inductor = utils.counters["inductor"]
-    return {
-        "seconds": sum(sum(times.get(key, ())) for key in keys),
-        "cache_hits": inductor["fxgraph_cache_hit"],
-        "cache_misses": inductor["fxgraph_cache_miss"],
-    }
+        times = utils.compilation_time_metrics
+        keys = ("_compile.compile_inner", "compile_fx.<locals>.bw_compiler")
+        inductor = utils.counters["inductor"]
+        stats["seconds"] += sum(sum(times.get(key, ())) for key in keys)
+        stats["cache_hits"] = inductor["fxgraph_cache_hit"]
+        stats["cache_misses"] = inductor["fxgraph_cache_miss"]
+    return stats
 
 
 def tune_allocator() -> bool:

@@ -285,7 +285,7 @@ def train(
     epochs=None,
     seed=None,
     resume=None,
-    compile="neurons",
+    compile=optimize.DEFAULT_MODE,
     limit_train=None,
     limit_test=None,
     progress=True,
@@ -355,18 +355,12 @@ def train(
         iteration_loss = payload.get("iteration_loss", torch.zeros(0)).tolist()
         start_epoch, skip = payload["epoch"] + 1, payload["step"]
 
-    compile = optimize.as_mode(compile)
-    problem = optimize.compile_problem() if compile != "none" else None
+    compile, problem = optimize.preflight(compile)
     if problem:
-        print(
-            f"warning: torch.compile cannot build kernels here ({problem}); "
-            "training eagerly, as with --compile none (the same values, slower)",
-            file=sys.stderr,
-        )
-        compile = "none"
-    model = optimize.apply(net, compile)  # torch.compile on top (optimize.MODES)
+        print(f"warning: {problem}", file=sys.stderr)
     compiled = compile != "none"
     compile_before = optimize.compile_stats() if compiled else None
+    model = optimize.apply(net, compile)  # compiled kernels on top (optimize.MODES)
 
     def state(epoch, step, partial=None):
         return {

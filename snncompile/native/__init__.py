@@ -1,0 +1,317 @@
+"""Native Leaky kernels: leaky.c, built with the system C compiler, run by ctypes.
+
+`kernels()` returns a kernel provider for runtime/fused.py (a Leaky layer's
+`compiled` flag): its `scan` and `backward` take and return what leaky_scan and
+leaky_backward do, by the C loops in leaky.c - the same float operations in the
+same order (identical spikes and membranes; gradients up to summation order).
+Where the C code does not apply (another device or dtype, per-neuron beta or
+threshold, a surrogate it does not know) they run the torch.compile'd kernels.
+
+Why: torch.compile fuses the same loops as well, but each new process pays for
+importing dynamo and inductor and for tracing the graphs again (about 4 s here
+even with every kernel in inductor's cache, 25-30 s on a first run). This file
+compiles in about a second, once per machine: the shared library is cached
+under SNNCOMPILE_CACHE (default ~/.cache/snncompile), keyed by the source, the
+compiler and the CPU, and loads in milliseconds. Threads: OpenMP, through the
+same runtime as torch (the library is loaded after torch, which has loaded its
+libgomp), with torch.get_num_threads() threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..runtime import surrogates
+from ..runtime.fused import leaky_backward, leaky_scan, torch_compiled
+
+SOURCE = Path(__file__).with_name("leaky.c")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
+RESETS = {"subtract": 0, "zero": 1, "none": 2}
+# the surrogates leaky.c knows (its numbering), by their backward function
+SURROGATES = {
+    surrogates.ATan.backward: 1,
+    surrogates.FastSigmoid.backward: 2,
+    surrogates.Sigmoid.backward: 3,
+    surrogates.Triangular.backward: 4,
+    surrogates.StraightThrough.backward: 5,
+    surrogates.SpikeRateEscape.backward: 6,
+}
+
+
+def _code(function) -> tuple:
+    code = function.__code__
+    return code.co_code, code.co_consts, code.co_names
+
+
+_BY_CODE = {_code(function): kind for function, kind in SURROGATES.items()}
+
+
+def surrogate_kind(backward) -> int | None:
+    """leaky.c's number for a surrogate's backward function, or None. A model
+    that build() made runs an inlined copy of runtime/surrogates.py (other
+    function objects): a copy is known by its identical bytecode."""
+    kind = SURROGATES.get(backward)
+    if kind is None and hasattr(backward, "__code__"):
+        kind = _BY_CODE.get(_code(backward))
+        if kind is not None:
+            SURROGATES[backward] = kind
+    return kind
+
+
+STATS = {"seconds": 0.0, "builds": 0, "loads": 0}  # this process's costs
+
+
+class Unavailable(RuntimeError):
+    """The native kernels cannot be built or loaded here (the reason, one line)."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SNNCOMPILE_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "snncompile"
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise Unavailable("no C compiler found (set CC)")
+    return compiler
+
+
+def _cpu() -> str:
+    """What -march=native depends on: the machine and its CPU flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def _key(compiler: str) -> str:
+    try:
+        version = subprocess.run(
+            [compiler, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise Unavailable(f"C compiler {compiler!r} does not run: {err}") from None
+    parts = (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode())
+    digest = hashlib.sha256(b"\0".join(parts) + _cpu().encode())
+    return digest.hexdigest()[:16]
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile leaky.c into `target` (atomically), with OpenMP where it works."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        built = Path(work) / target.name
+        errors = ""
+        for openmp in (["-fopenmp"], []):
+            command = [compiler, *FLAGS, *openmp, str(SOURCE), "-o", str(built)]
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, check=False
+                )
+            except OSError as err:
+                raise Unavailable(f"{compiler}: {err}") from None
+            if done.returncode == 0:
+                os.replace(built, target)
+                return
+            errors = done.stderr.strip()
+        first = errors.splitlines()[0] if errors else "failed"
+        raise Unavailable(f"{compiler} could not build {SOURCE.name}: {first}")
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    """leaky.c as a loaded shared library, built first if not cached."""
+    started = time.perf_counter()
+    compiler = _compiler()
+    target = cache_dir() / "native" / f"leaky-{_key(compiler)}.so"
+    if not target.exists():
+        try:
+            _build(compiler, target)
+        except OSError as err:  # e.g. a cache folder that cannot be written
+            raise Unavailable(f"cannot build into {target.parent}: {err}") from None
+        STATS["builds"] += 1
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as err:
+        raise Unavailable(f"cannot load {target}: {err}") from None
+    STATS["loads"] += 1
+    STATS["seconds"] += time.perf_counter() - started
+    ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    lib.snn_leaky_forward.restype = None
+    lib.snn_leaky_forward.argtypes = [
+        ptr,
+        i32,
+        i64,
+        i64,
+        i64,
+        f32,
+        f32,
+        i32,
+        ptr,
+        ptr,
+        i32,
+    ]
+    lib.snn_leaky_backward.restype = None
+    lib.snn_leaky_backward.argtypes = [
+        ptr, i32, ptr, ptr, i64, i64, i64, f32, f32, i32,  # inputs
+        i32, f32, f32,  # surrogate
+        ptr, ptr, ptr, ptr, i64, ptr, ptr,  # incoming gradients, linear layer
+        ptr, i32, ptr, i32,  # outputs
+    ]  # fmt: skip
+    return lib
+
+
+def problem() -> str | None:
+    """Why the native kernels cannot run here, in one line; None when they can."""
+    try:
+        library()
+    except Unavailable as err:
+        return str(err)
+    return None
+
+
+def kernels() -> LeakyKernels:
+    """The native kernel provider (raises Unavailable, with the reason)."""
+    return LeakyKernels(library())
+
+
+def _ptr(tensor):
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _scalar(tensor) -> bool:
+    return tensor.numel() == 1 and tensor.device.type == "cpu"
+
+
+class LeakyKernels:
+    """A Leaky kernel provider for runtime/fused.py backed by leaky.c."""
+
+    weight_grad_in_loop = True  # backward forms a fused linear layer's weight grad
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "LeakyKernels(native)"
+
+    @staticmethod
+    def _fits(cur, b, threshold) -> bool:
+        return (
+            cur.device.type == "cpu"
+            and cur.dtype == torch.float32
+            and cur.dim() >= 1
+            and _scalar(b)
+            and _scalar(threshold)
+        )
+
+    def scan(self, cur, b, threshold, steps, reset, record=True):
+        """leaky_scan(cur, b, threshold, steps, reset, record) by leaky.c."""
+        if not self._fits(cur, b, threshold):
+            return torch_compiled(leaky_scan)(cur, b, threshold, steps, reset, record)
+        constant = steps is not None
+        steps = steps if constant else cur.shape[0]
+        shape = cur.shape if constant else cur.shape[1:]
+        cur = cur.detach().contiguous()
+        spk = cur.new_empty((steps, *shape))
+        mem = cur.new_empty((steps, *shape)) if record else None
+        self.lib.snn_leaky_forward(  # elements in one row: blocks of any length
+            _ptr(cur), constant, steps, 1, shape.numel(),
+            float(b), float(threshold), RESETS[reset], _ptr(spk), _ptr(mem),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return spk, mem
+
+    def backward(
+        self, cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
+    ):
+        """leaky_backward(...) by leaky.c; see fused.py."""
+        reset, surrogate, args, constant, needs, _, into, through = options
+        kind = 0 if surrogate is None else surrogate_kind(surrogate[1])
+        weight_grad = through is not None and through[2]
+        if kind is None or not self._fits(cur, b, threshold) or into is not None:
+            return self._fallback(
+                cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
+            )
+        steps, shape = spk_rec.shape[0], spk_rec.shape[1:]
+        rows, cols = 1, shape.numel()  # blocks along all elements, unless
+        if through is not None:  # a row per sample, for the linear layer's sums
+            rows, cols = shape[0], shape[1:].numel()
+        mem = None if stride else saved.contiguous()  # stride: recompute all
+        grad_cur = None
+        if needs[0]:
+            grad_cur = cur.new_empty(shape if constant else (steps, *shape))
+        grad_out = weight = grad_weight = scratch = None
+        k_out, threads = 0, torch.get_num_threads()
+        if through is not None:
+            grad_out, weight = through[0].contiguous(), through[1].contiguous()
+            k_out = weight.shape[0]
+            if weight_grad:
+                grad_weight = weight.new_empty(weight.shape)
+                scratch = weight.new_empty((threads, *weight.shape))
+        # contiguous copies are kept in locals: alive until the call returns
+        cur, spk_rec = cur.contiguous(), spk_rec.contiguous()
+        grad_spk = None if grad_spk is None else grad_spk.contiguous()
+        grad_mem = None if grad_mem is None else grad_mem.contiguous()
+        values = [*args, 0.0, 0.0]
+        sums = (ctypes.c_double * 2)()
+        self.lib.snn_leaky_backward(
+            _ptr(cur), constant, _ptr(spk_rec), _ptr(mem), steps, rows, cols,
+            float(b), float(threshold), RESETS[reset],
+            kind, float(values[0]), float(values[1]),
+            _ptr(grad_spk), _ptr(grad_mem),
+            _ptr(grad_out), _ptr(weight), k_out, _ptr(grad_weight), _ptr(scratch),
+            _ptr(grad_cur), bool(needs[1] or needs[2]), sums, threads,
+        )  # fmt: skip
+        grad_b = torch.tensor(sums[0], dtype=b.dtype).reshape(b.shape)
+        grad_threshold = torch.tensor(sums[1], dtype=threshold.dtype)
+        grads = (
+            grad_cur,
+            grad_b if needs[1] else None,
+            grad_threshold.reshape(threshold.shape) if needs[2] else None,
+        )
+        return (*grads, grad_weight) if weight_grad else grads
+
+    @staticmethod
+    def _fallback(
+        cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
+    ):
+        """The torch.compile'd backward, and the weight gradient if asked for."""
+        *rest, through = options
+        weight_grad = through is not None and through[2]
+        if through is not None:
+            through = (*through[:2], False)
+        grads = torch_compiled(leaky_backward)(
+            cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold,
+            (*rest, through),
+        )  # fmt: skip
+        if not weight_grad:
+            return grads
+        flat = through[0].flatten(0, 1)
+        return (*grads, flat.t().mm(spk_rec.flatten(0, 1)))

@@ -1,0 +1,146 @@
+"""The native C Leaky kernels (snncompile/native) against the eager fused kernel:
+identical spikes and membranes, gradients allclose (summation order only)."""
+
+import pytest
+import torch
+from test_fused import SURROGATES  # every surrogate, with arguments
+
+import snncompile
+from snncompile import native
+from snncompile.lower import optimize
+from snncompile.runtime import surrogates
+from snncompile.runtime.fused import fused_leaky_linear
+from snncompile.runtime.neurons import Leaky
+
+pytestmark = pytest.mark.skipif(
+    native.problem() is not None, reason=f"native kernels: {native.problem()}"
+)
+
+# a hidden layer large enough (B * N >= LeakySequence.small_step) that the
+# linear layer's gradients are formed inside the loop; N not a multiple of the
+# C block (256): partial blocks
+T, B, N, K = 6, 5, 3300, 7
+
+
+def _run(kernels, reset, surrogate, args, constant, learn, seed=0):
+    """A hidden Leaky + linear (fused) and an output Leaky; returns the forward
+    records and every gradient."""
+    torch.manual_seed(seed)
+    options = {
+        "reset": reset,
+        "learn_beta": learn,
+        "learn_threshold": learn,
+        "surrogate": surrogate,
+        "surrogate_args": args,
+    }
+    hidden = Leaky((N,), 0.9, 1.0, **options)
+    output = Leaky((K,), 0.8, 0.7, **options)
+    linear = torch.nn.Linear(N, K)
+    x = (torch.randn(B, N) * 0.9).requires_grad_()
+    cur = x.expand(T, B, N) if constant else x * torch.rand(T, 1, 1) * 2
+    hidden.compiled = output.compiled = kernels
+    spk, out = fused_leaky_linear(hidden, linear, cur)
+    spk2, mem2 = output(out)
+    loss = (mem2**2).sum() + 0.1 * spk2.sum() + 0.01 * spk.sum()
+    loss.backward()
+    params = [x, linear.weight, linear.bias]
+    if learn:
+        params += [hidden.beta, hidden.threshold, output.beta, output.threshold]
+    return [spk, out, spk2, mem2], [p.grad for p in params]
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("constant", [True, False], ids=["constant", "varying"])
+def test_native_matches_eager(reset, constant):
+    from snncompile.runtime.fused import LeakySequence
+
+    assert B * N >= LeakySequence.small_step
+    kernels = native.kernels()
+    for surrogate, args in SURROGATES:
+        learn = surrogate is surrogates.ATan  # the scalar parameters' sums too
+        eager = _run(False, reset, surrogate, args, constant, learn)
+        fast = _run(kernels, reset, surrogate, args, constant, learn)
+        for a, b in zip(eager[0], fast[0]):
+            assert torch.equal(a, b), (surrogate.__name__, "forward")
+        assert eager[0][0].any() and not eager[0][0].all()  # spikes, not all
+        for a, b in zip(eager[1], fast[1]):
+            assert a is not None and b is not None
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_native_without_linear_gradient_and_inference():
+    """A time-varying layer with grad_spk only, and a no-grad call (inference)."""
+    kernels = native.kernels()
+    torch.manual_seed(1)
+    neuron = Leaky((N,), 0.95, 0.5, surrogate=surrogates.ATan, surrogate_args=(2.0,))
+    cur = torch.randn(T, B, N, requires_grad=True)
+    grads = []
+    for flag in (False, kernels):
+        neuron.compiled = flag
+        spk, _ = neuron(cur)
+        (gx,) = torch.autograd.grad((spk * torch.arange(N)).sum(), cur)
+        grads.append(gx)
+        with torch.no_grad():
+            assert torch.equal(neuron(cur)[0], spk)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_surrogate_kind_knows_inlined_copies():
+    """build() runs an inlined copy of runtime/surrogates.py: other function
+    objects, the same bytecode."""
+    net = snncompile.build(snncompile.load("specs/mnist_fc.yaml"))
+    leaky = optimize.neurons(net)[0]
+    assert leaky.surrogate is not surrogates.ATan
+    assert native.surrogate_kind(leaky.surrogate.backward) == 1
+    assert native.surrogate_kind(lambda ctx, grad: grad) is None
+
+
+def test_native_mode_runs_without_dynamo_and_trains_like_eager(tmp_path):
+    """compile(spec) (mode native) on mnist_fc's layers: the same forward as
+    eager, gradients allclose; a net of Leaky layers needs no torch.compile."""
+    spec = snncompile.load("specs/mnist_fc.yaml")
+    eager = snncompile.build(spec, seed=0)
+    fast = snncompile.compile(spec, seed=0)
+    assert all(
+        isinstance(m.compiled, native.LeakyKernels) for m in optimize.neurons(fast)
+    )
+    x = torch.rand(17, 1, 28, 28)  # 17 x 1000 hidden neurons: the in-loop path
+    results = []
+    for net in (eager, fast):
+        spk, mem = net(x)
+        loss = torch.nn.functional.cross_entropy(mem.sum(0), torch.arange(17) % 10)
+        loss.backward()
+        results.append((spk, mem, [p.grad for p in net.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    for a, b in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_build_failure_is_one_line(tmp_path, monkeypatch):
+    """A compiler that fails: Unavailable with its first error line; train then
+    falls back (preflight) instead of failing."""
+    monkeypatch.setenv("SNNCOMPILE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    native.library.cache_clear()
+    try:
+        why = native.problem()
+        assert why and "no-such-cc" in why and "\n" not in why
+        monkeypatch.setattr(optimize, "compile_problem", lambda: None)
+        assert optimize.preflight("native")[0] == "neurons"
+        monkeypatch.setattr(optimize, "compile_problem", lambda: "no compiler")
+        assert optimize.preflight("native")[0] == "none"
+    finally:
+        native.library.cache_clear()
+
+
+def test_unsupported_layers_keep_torch_compile():
+    """Per-neuron parameters do not fit the C kernels (they fall back)."""
+    per_neuron = Leaky((4,), 0.9, per_neuron=True)
+    scalar = Leaky((4,), 0.9)
+    assert optimize.native_fits(scalar) and not optimize.native_fits(per_neuron)
+    kernels = native.kernels()
+    assert not kernels._fits(torch.zeros(3, 4), per_neuron.beta, per_neuron.threshold)
+    assert not kernels._fits(
+        torch.zeros(3, 4, dtype=torch.float64), scalar.beta, scalar.threshold
+    )
