@@ -327,6 +327,7 @@ class LeakySequence(torch.autograd.Function):
         grad_weight = grad_bias = through = None
         # a provider may also form the linear layer's weight gradient in its loop
         in_loop = getattr(ctx.compiled, "weight_grad_in_loop", False) and not small
+        in_loop = in_loop and surrogate is not None  # else no loop runs at all
         in_loop = in_loop and grad_out is not None and ctx.needs_input_grad[3]
         if grad_out is not None:
             flat = grad_out.flatten(0, 1)

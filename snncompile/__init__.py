@@ -45,12 +45,18 @@ def compile(
     "native"; "neurons": every neuron through torch.compile; see
     lower/optimize.py), or with `whole` (mode "model") the entire forward
     through torch.compile(**options)."""
-    from .lower.optimize import DEFAULT_MODE, apply, as_mode, compile_model
+    import warnings
 
-    mode = "model" if whole else as_mode(mode or DEFAULT_MODE)
+    from .lower.optimize import DEFAULT_MODE, apply, as_mode, compile_model, preflight
+
+    mode = "model" if whole else as_mode(DEFAULT_MODE if mode is None else mode)
     if options and mode != "model":
         raise TypeError(f"torch.compile options {sorted(options)} need whole=True")
     net = build(spec, seed=seed)
+    if mode == "native":  # without a C compiler: what can run, with a warning
+        mode, problem = preflight(mode, net)
+        if problem:
+            warnings.warn(problem, stacklevel=2)
     return compile_model(net, **options) if mode == "model" else apply(net, mode)
 
 

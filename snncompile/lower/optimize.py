@@ -63,14 +63,16 @@ def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 def native_fits(module: torch.nn.Module) -> bool:
     """Whether the native kernels run this neuron: a fused Leaky layer with a
-    scalar beta and threshold (the others keep torch.compile)."""
-    from ..runtime.neurons import Leaky
+    scalar float32 beta and threshold on the CPU (the others keep torch.compile)."""
+    import torch
 
-    return (
-        isinstance(module, Leaky)
+    return (  # Leaky, or build()'s inlined copy of it: the class with `fused`
+        getattr(type(module), "fused", None) is not None
         and module.fused
         and module.beta.numel() == 1
         and module.threshold.numel() == 1
+        and module.beta.device.type == "cpu"
+        and module.beta.dtype == module.threshold.dtype == torch.float32
     )
 
 
@@ -81,10 +83,12 @@ def compile_neurons(
     kernel provider: snncompile.native.kernels()) the Leaky layers that fit by
     it and the rest through torch.compile (in place); returns net."""
     modules = neurons(net)
-    if enabled and not all(kernels and native_fits(m) for m in modules):
+    dynamo = [m for m in modules if not (kernels and native_fits(m))]
+    if enabled and dynamo:
         _configure_dynamo()  # imports dynamo: only when something needs it
     for module in modules:
-        module.compiled = (kernels or True) if enabled else False
+        # the rest keep torch.compile (True): eager() finds them for odd batches
+        module.compiled = enabled and (True if module in dynamo else kernels)
     return net
 
 
@@ -150,8 +154,15 @@ def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str |
     mode = as_mode(mode)
     if mode == "native":
         why = native_problem()
-        if why is None:
-            return mode, None
+        if why is None:  # other neuron types still need torch.compile's compiler
+            if net is None or all(native_fits(m) for m in neurons(net)):
+                return mode, None
+            why = compile_problem()
+            if why is None:
+                return mode, None
+            return "none", f"torch.compile cannot build kernels here ({why}); " + (
+                "running eagerly, as with --compile none (the same values, slower)"
+            )
         if compile_problem() is None:
             return "neurons", f"native kernels unavailable ({why}); using torch.compile"
         return "none", f"no compiled kernels here ({why}); running eagerly"

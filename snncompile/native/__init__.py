@@ -175,7 +175,7 @@ def library() -> ctypes.CDLL:
         ptr,
         i32,
     ]
-    lib.snn_leaky_backward.restype = None
+    lib.snn_leaky_backward.restype = ctypes.c_int
     lib.snn_leaky_backward.argtypes = [
         ptr, i32, ptr, ptr, i64, i64, i64, f32, f32, i32,  # inputs
         i32, f32, f32,  # surrogate
@@ -255,7 +255,10 @@ class LeakyKernels:
         reset, surrogate, args, constant, needs, _, into, through = options
         kind = 0 if surrogate is None else surrogate_kind(surrogate[1])
         weight_grad = through is not None and through[2]
-        if kind is None or not self._fits(cur, b, threshold) or into is not None:
+        tensors = (saved, grad_spk, grad_mem, *(through or ())[:2])
+        floats = all(t.dtype == torch.float32 for t in tensors if t is not None)
+        fits = floats and self._fits(cur, b, threshold) and into is None
+        if kind is None or not fits:
             return self._fallback(
                 cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
             )
@@ -281,7 +284,7 @@ class LeakyKernels:
         grad_mem = None if grad_mem is None else grad_mem.contiguous()
         values = [*args, 0.0, 0.0]
         sums = (ctypes.c_double * 2)()
-        self.lib.snn_leaky_backward(
+        status = self.lib.snn_leaky_backward(
             _ptr(cur), constant, _ptr(spk_rec), _ptr(mem), steps, rows, cols,
             float(b), float(threshold), RESETS[reset],
             kind, float(values[0]), float(values[1]),
@@ -289,6 +292,8 @@ class LeakyKernels:
             _ptr(grad_out), _ptr(weight), k_out, _ptr(grad_weight), _ptr(scratch),
             _ptr(grad_cur), bool(needs[1] or needs[2]), sums, threads,
         )  # fmt: skip
+        if status:
+            raise MemoryError("snn_leaky_backward: out of memory for its buffers")
         grad_b = torch.tensor(sums[0], dtype=b.dtype).reshape(b.shape)
         grad_threshold = torch.tensor(sums[1], dtype=threshold.dtype)
         grads = (

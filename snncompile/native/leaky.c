@@ -137,6 +137,7 @@ void snn_leaky_forward(const float *cur, int constant, int64_t steps,
  * grad_weight [K, cols] (NULL: not wanted): that layer's weight gradient,
  * sum over t and r of through_grad[t, r, k] * spk[t, r, c]; scratch holds
  * threads * K * cols floats for it.
+ * Returns 0, or -1 when a thread's buffer could not be allocated.
  * Outputs: grad_cur ([E] summed over steps when constant, else [T, E]; NULL:
  * not wanted); if `sums`, out_sums[0] = dL/db and out_sums[1] = dL/dthr (scalar
  * parameters).
@@ -156,7 +157,6 @@ static inline __attribute__((always_inline)) void backward_block(
     const int kind, const Backward *p, int64_t block, float *buffer,
     float *weight_part, double *b_total, double *thr_total) {
   const int64_t numel = p->rows * p->cols, steps = p->steps;
-  const int64_t per_row = (p->cols + BLOCK - 1) / BLOCK;
   /* blocks go down the rows of one column chunk: the linear layer's weight
      slice for the chunk stays in cache */
   const int64_t row = block % p->rows, col = block / p->rows * BLOCK;
@@ -244,7 +244,7 @@ static inline __attribute__((always_inline)) void backward_block(
   *thr_total += thr_sum;
 }
 
-void snn_leaky_backward(const float *cur, int constant, const float *spk,
+int snn_leaky_backward(const float *cur, int constant, const float *spk,
                         const float *mem, int64_t steps, int64_t rows,
                         int64_t cols, float b, float thr, int reset,
                         int surrogate, float a0, float a1,
@@ -259,10 +259,15 @@ void snn_leaky_backward(const float *cur, int constant, const float *spk,
                       ((grad_spk || through_grad) ? surrogate : 0), sums};
   const int64_t blocks = rows * ((cols + BLOCK - 1) / BLOCK);
   double b_total = 0.0, thr_total = 0.0;
+  int failed = 0;
   if (grad_weight) memset(scratch, 0, threads * k_out * cols * sizeof(float));
 #pragma omp parallel num_threads(threads) reduction(+ : b_total, thr_total)
   {
     float *buffer = (!mem) ? malloc(steps * BLOCK * sizeof(float)) : NULL;
+    if (!mem && !buffer) {
+#pragma omp atomic write
+      failed = 1;
+    }
     float *weight_part = NULL;
 #ifdef _OPENMP
     if (grad_weight) weight_part = scratch + omp_get_thread_num() * k_out * cols;
@@ -271,6 +276,10 @@ void snn_leaky_backward(const float *cur, int constant, const float *spk,
 #endif
 #pragma omp for schedule(static)
     for (int64_t block = 0; block < blocks; block++) {
+      int stop;
+#pragma omp atomic read
+      stop = failed;
+      if (stop) continue; /* every thread still meets the loop's barrier */
       switch (p.surrogate) { /* one specialized loop per surrogate */
         case 1: backward_block(1, &p, block, buffer, weight_part, &b_total, &thr_total); break;
         case 2: backward_block(2, &p, block, buffer, weight_part, &b_total, &thr_total); break;
@@ -292,4 +301,5 @@ void snn_leaky_backward(const float *cur, int constant, const float *spk,
   }
   out_sums[0] = b_total;
   out_sums[1] = thr_total;
+  return failed ? -1 : 0;
 }

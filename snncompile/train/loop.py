@@ -355,11 +355,11 @@ def train(
         iteration_loss = payload.get("iteration_loss", torch.zeros(0)).tolist()
         start_epoch, skip = payload["epoch"] + 1, payload["step"]
 
-    compile, problem = optimize.preflight(compile)
+    compile_before = optimize.compile_stats()  # preflight may build native code
+    compile, problem = optimize.preflight(compile, net)
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
     compiled = compile != "none"
-    compile_before = optimize.compile_stats() if compiled else None
     model = optimize.apply(net, compile)  # compiled kernels on top (optimize.MODES)
 
     def state(epoch, step, partial=None):
