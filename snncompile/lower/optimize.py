@@ -154,19 +154,17 @@ def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str |
     mode = as_mode(mode)
     if mode == "native":
         why = native_problem()
-        if why is None:  # other neuron types still need torch.compile's compiler
-            if net is None or all(native_fits(m) for m in neurons(net)):
-                return mode, None
-            why = compile_problem()
-            if why is None:
-                return mode, None
-            return "none", f"torch.compile cannot build kernels here ({why}); " + (
-                "running eagerly, as with --compile none (the same values, slower)"
-            )
-        if compile_problem() is None:
-            return "neurons", f"native kernels unavailable ({why}); using torch.compile"
-        return "none", f"no compiled kernels here ({why}); running eagerly"
-    if mode in ("neurons", "model"):
+        if why is not None:
+            if compile_problem() is None:
+                return (
+                    "neurons",
+                    f"native kernels unavailable ({why}); using torch.compile",
+                )
+            return "none", f"no compiled kernels here ({why}); running eagerly"
+        if net is None or all(native_fits(m) for m in neurons(net)):
+            return mode, None
+        # other neuron types still need torch.compile's compiler: checked below
+    if mode != "none":
         why = compile_problem()
         if why:
             return "none", f"torch.compile cannot build kernels here ({why}); " + (

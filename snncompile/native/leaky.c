@@ -31,7 +31,8 @@
 #define BLOCK 256
 
 /* Records are [T, E]: a block reads a short piece of each step, too short for
- * the hardware prefetcher, so the loops ask for the next step's pieces. */
+ * the hardware prefetcher, so the loops ask for the pieces they read next (the
+ * forward: the next step's; the backward: the next block's, every step). */
 static inline void prefetch(const float *data, int n, int write) {
   if (!data) return;
   for (int j = 0; j < n; j += 16) {
