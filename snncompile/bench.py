@@ -144,6 +144,12 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help="torch's default optimizer implementation for snncompile variants too",
     )
     parser.add_argument("--seed", type=int, default=0, help="weights and batch seed")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda or cuda:N: every variant runs there; the native "
+        "and onnxruntime rows are CPU-only",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
 
 
@@ -154,6 +160,9 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError("--batch, --repeats and --run must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = bench_device(args)
+    if device.type != "cpu" and (args.rss or args.clock == "process"):
+        raise UserError("--rss and --clock process measure the CPU; not with --device")
     spec = snncompile.load(args.spec)
     tuned = tune_allocator()  # as `snncompile train` runs; every variant alike
     bench = Bench(spec, args)
@@ -173,6 +182,20 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", "utf-8")
     return 0 if exact["passed"] else 1
+
+
+def bench_device(args) -> torch.device:
+    """The device named by --device, checked (absent from older callers: CPU)."""
+    name = getattr(args, "device", "cpu") or "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are benchmarked")
+    return device
 
 
 # --------------------------------------------------------------------------- variants
@@ -282,9 +305,11 @@ class Bench:
         import snncompile
 
         self.spec, self.args = spec, args
-        self.base = snncompile.build(spec, seed=args.seed)
+        self.device = bench_device(args)
+        self.base = snncompile.build(spec, seed=args.seed).to(self.device)
         self.graph = graph = self.base.graph
-        self.x, self.y = make_batch(graph, args.batch, args.seed + 1)
+        x, y = make_batch(graph, args.batch, args.seed + 1)
+        self.x, self.y = x.to(self.device), y.to(self.device)
         self.loss, self.need_records = make_loss(graph)
         self.decode = getattr(decode_module, registry.DECODERS[graph.decoding])
         self.notes: list[str] = []
@@ -294,7 +319,7 @@ class Bench:
     def _copy(self, schedule="layered"):
         import snncompile
 
-        net = snncompile.build(self.spec, schedule=schedule)
+        net = snncompile.build(self.spec, schedule=schedule).to(self.device)
         net.load_state_dict(self.base.state_dict())
         return net
 
@@ -309,7 +334,7 @@ class Bench:
                 (
                     "reference",
                     "snnTorch tutorial loop",
-                    lambda: TutorialLoop(self.base, graph),
+                    lambda: TutorialLoop(self.base, graph).to(self.device),
                 )
             )
             plan.append(
@@ -323,7 +348,9 @@ class Bench:
             plan.append(("loops", "snncompile eager, Leaky step loops", self._loops))
         plan.append(("eager", "snncompile eager", lambda: self.base))
         if not args.no_compile:
-            if native_problem() is None:
+            if self.device.type != "cpu":
+                self.notes.append("no native row: the C kernels run on the CPU")
+            elif native_problem() is None:
                 plan.append(
                     (
                         "native",
@@ -385,6 +412,9 @@ class Bench:
             return None
         if self.graph.encoding["type"] != "direct":
             self.notes.append("onnxruntime skipped: the ONNX model takes encoded input")
+            return None
+        if self.device.type != "cpu":
+            self.notes.append("onnxruntime skipped: it runs on the CPU here")
             return None
         import onnxruntime as ort
 
@@ -450,10 +480,26 @@ class Bench:
                 model.train()
 
     def _timed(self, func, variant) -> float:
+        """Seconds of one call on the chosen clock (queued GPU work included)."""
         clock = time.process_time if self.args.clock == "process" else time.perf_counter
+        self._sync()
         start = clock()
         func(variant)
+        self._sync()
         return clock() - start
+
+    def _wall(self, func, variant):
+        """(result, wall seconds) of one call, queued GPU work included."""
+        self._sync()
+        start = time.perf_counter()
+        out = func(variant)
+        self._sync()
+        return out, time.perf_counter() - start
+
+    def _sync(self) -> None:
+        """Wait for queued GPU work, so that a step's time is the step's own."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # ----------------------------------------------------------------- phases
     def check_exactness(self) -> dict:
@@ -463,15 +509,15 @@ class Bench:
         then also gives each variant's first-call time, compilation included)."""
         inference, training = {}, {}
         for variant in self.variants:
-            start = time.perf_counter()
-            inference[variant.key] = self.infer_step(variant, all_spikes=True)
-            variant.first_infer_s = time.perf_counter() - start
+            out, variant.first_infer_s = self._wall(
+                lambda v: self.infer_step(v, all_spikes=True), variant
+            )
+            inference[variant.key] = out
         dropout = any(n.type == "dropout" for n in self.graph.nodes)
         for variant in self.variants:
             if variant.trainable:
-                start = time.perf_counter()
-                training[variant.key] = (*self.train_step(variant), None)
-                variant.first_train_s = time.perf_counter() - start
+                out, variant.first_train_s = self._wall(self.train_step, variant)
+                training[variant.key] = (*out, None)
         if dropout:  # every variant draws its own dropout masks
             training = {}
             self.notes.append("training forward not compared: dropout is random")
@@ -496,13 +542,12 @@ class Bench:
         which compile times subtract from the first (compiling) call."""
         for r in range(self.args.warmup):
             for variant in self.variants:
-                start = time.perf_counter()
+                train = 0.0
                 if variant.trainable:
-                    self.train_step(variant)
-                middle = time.perf_counter()
-                self.infer_step(variant)
+                    train = self._wall(self.train_step, variant)[1]
+                infer = self._wall(self.infer_step, variant)[1]
                 if r == 0:
-                    variant.normal_s = (middle - start, time.perf_counter() - middle)
+                    variant.normal_s = (train, infer)
 
     def time_rounds(self) -> None:
         """Each round gives every variant a turn of `--run` training steps back
@@ -520,9 +565,11 @@ class Bench:
     def measure_memory(self) -> None:
         for variant in self.variants:
             if variant.trainable:
-                variant.peak_bytes = peak_tensor_bytes(
-                    functools.partial(self.train_step, variant)
-                )
+                step = functools.partial(self.train_step, variant)
+                if self.device.type == "cuda":
+                    variant.peak_bytes = peak_cuda_bytes(step, self.device)
+                else:
+                    variant.peak_bytes = peak_tensor_bytes(step)
 
     def measure_rss(self, spec_path: str) -> None:
         for variant in self.variants:
@@ -566,7 +613,12 @@ class Bench:
             "threads": torch.get_num_threads(),
             "clock": self.args.clock,
             "torch": torch.__version__,
-            "device": "cpu",
+            "device": str(self.device)
+            + (
+                f" ({torch.cuda.get_device_name(self.device)})"
+                if self.device.type == "cuda"
+                else ""
+            ),
             "rows": rows,
             "exactness": exact,
             "notes": self.notes,
@@ -609,6 +661,16 @@ def peak_tensor_bytes(step: Callable[[], None]) -> int:
         live += nbytes
         peak = max(peak, live)
     return peak
+
+
+def peak_cuda_bytes(step: Callable[[], None], device) -> int:
+    """Peak of allocated CUDA bytes during `step`, above those allocated before."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def _status_kb(field_name: str) -> int:
@@ -698,6 +760,8 @@ def format_report(report: dict) -> str:
         f"time, medians of {report['repeats']} interleaved rounds of "
         f"{report.get('run', 1)} steps per variant after {report['warmup']} warm-up"
     )
+    if report.get("device", "cpu") != "cpu":
+        title += f"; on {report['device']}"
     lines = [
         title,
         "",

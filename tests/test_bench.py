@@ -87,3 +87,28 @@ def test_bench_rejects_bad_arguments(tmp_path, capsys):
     spec.write_text(TINY)
     assert main(["bench", str(spec), "--repeats", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("tpu9", "is not a device"), ("meta", "only cpu and cuda")]
+    + ([] if __import__("torch").cuda.is_available() else [("cuda", "no CUDA")]),
+)
+def test_bench_rejects_bad_devices(tmp_path, capsys, device, message):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    assert main(["bench", str(spec), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device"
+)
+def test_bench_on_cuda(tmp_path, capsys):
+    code, text, report = _bench(tmp_path, capsys, "--device", "cuda")
+    assert code == 0, text
+    assert report["device"].startswith("cuda")
+    assert report["exactness"]["passed"]
+    assert "onnx" not in {r["key"] for r in report["rows"]}
+    assert all(r["peak_train_mb"] > 0 for r in report["rows"])

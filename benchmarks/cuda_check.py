@@ -1,0 +1,350 @@
+"""Check snncompile's CUDA path on a machine with a GPU, in one run.
+
+    python benchmarks/cuda_check.py --data-root DIR [--out DIR] [--budget SECONDS]
+
+Stages, most important first; a stage is skipped once `--budget` seconds have
+passed, and one that fails does not stop the others:
+
+1. exactness on CUDA, for every spec in specs/ (batch 128, same weights, same
+   batch): snncompile's per-step schedule, eager `build()`, torch.compile'd
+   neurons and whole-model torch.compile against each other (and against the
+   snnTorch tutorial loop on the GPU where it can express the spec): identical
+   spikes of every spiking layer, loss and every gradient allclose;
+2. `snncompile train` of mnist_fc for one epoch on the GPU, compiled (the
+   default; Leaky layers fall back from the C kernels to torch.compile there)
+   and eager (`--compile none`): accuracy and seconds;
+3. `snncompile bench specs/mnist_fc.yaml --device cuda`;
+4. the generated standalone script on the GPU, run from another folder without
+   snncompile on the path;
+5. the same train and bench for mnist_csnn.
+
+Everything it prints goes to OUT/cuda_check.log as well, and a summary to
+OUT/cuda_check.json. Exit status 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class Log:
+    def __init__(self, path: Path):
+        self.file = path.open("w", encoding="utf-8")
+
+    def __call__(self, *parts) -> None:
+        text = " ".join(str(p) for p in parts)
+        print(text, flush=True)
+        self.file.write(text + "\n")
+        self.file.flush()
+
+
+# --------------------------------------------------------------------------- exactness
+def exactness(spec_path: Path, log, device: str, batch: int = 128) -> dict:
+    """Every way of running `spec_path` on `device` against eager build(), one step."""
+    import torch
+
+    import snncompile
+    from snncompile.bench import TutorialLoop, make_batch, snntorch_reason
+    from snncompile.lower.optimize import compile_model, compile_neurons
+    from snncompile.train.loop import make_loss
+
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    spec = snncompile.load(spec_path)
+    base = snncompile.build(spec, seed=0).to(device)
+    graph = base.graph
+    x, y = (t.to(device) for t in make_batch(graph, batch, 1))
+    loss_fn, _ = make_loss(graph)
+    random = graph.encoding["type"] in ("rate",) or any(
+        n.type == "dropout" for n in graph.nodes
+    )
+
+    def copy(schedule="layered"):
+        net = snncompile.build(spec, schedule=schedule).to(device)
+        net.load_state_dict(base.state_dict())
+        return net
+
+    variants = {"eager": (base, base), "step": (copy("step"),) * 2}
+    net = copy()
+    variants["neurons"] = (compile_neurons(net), net)
+    net = copy()
+    variants["whole"] = (compile_model(net), net)
+    if snntorch_reason(graph) is None:
+        loop = TutorialLoop(base, graph).to(device)
+        variants["snntorch"] = (loop, loop)
+
+    results = {}
+    for key, (model, params) in variants.items():
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        if key == "whole":
+            spk, mem = model(x)
+            records = None
+        else:
+            spk, mem, records = model(x, all_spikes=True)
+        loss = loss_fn(spk, mem, y, records)
+        loss.backward()
+        sync()
+        grads = {n: p.grad.detach().clone() for n, p in params.named_parameters()}
+        results[key] = {
+            "spk": spk.detach(),
+            "mem": mem.detach(),
+            "records": records and {k: v.detach() for k, v in records.items()},
+            "loss": loss.detach(),
+            "grads": grads,
+            "first_s": time.perf_counter() - start,
+        }
+    ref = results["eager"]
+    report, ok = {}, True
+    for key, got in results.items():
+        if key == "eager":
+            continue
+        entry = {
+            "output_spike_mismatches": int((got["spk"] != ref["spk"]).sum()),
+            "max_mem_diff": float((got["mem"] - ref["mem"]).abs().max()),
+            "loss": [float(got["loss"]), float(ref["loss"])],
+            "first_call_s": round(got["first_s"], 2),
+        }
+        if got["records"] and ref["records"]:
+            entry["layer_spike_mismatches"] = {
+                k: int((v != ref["records"][k]).sum())
+                for k, v in got["records"].items()
+                if k in ref["records"]
+            }
+        if key != "snntorch":  # the tutorial loop names its layers its own way
+            worst = 0.0
+            for name, grad in got["grads"].items():
+                other = ref["grads"][name]
+                scale = float(other.abs().max()) or 1.0
+                worst = max(worst, float((grad - other).abs().max()) / scale)
+            entry["max_grad_diff_rel"] = worst
+        spikes_ok = entry["output_spike_mismatches"] == 0 and not any(
+            entry.get("layer_spike_mismatches", {}).values()
+        )
+        loss_ok = torch.allclose(got["loss"], ref["loss"], rtol=1e-4, atol=1e-6)
+        grads_ok = entry.get("max_grad_diff_rel", 0.0) < 1e-3
+        entry["passed"] = bool(spikes_ok and loss_ok and grads_ok)
+        if random:
+            entry["informative"] = "random encoding or dropout: draws differ"
+        elif not entry["passed"]:
+            ok = False
+        report[key] = entry
+        log(f"  {graph.name} {key:8s} vs eager: {json.dumps(entry)}")
+    return {"passed": ok, "variants": report}
+
+
+# --------------------------------------------------------------------------- commands
+def command(args, log, timeout, cwd=None, env=None) -> dict:
+    log("$ " + " ".join(str(a) for a in args))
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            check=False,
+        )
+        code, out = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as err:
+        code = "timeout"
+        out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else ""
+    seconds = time.perf_counter() - start
+    for line in out.strip().splitlines()[-40:]:
+        log("  " + line)
+    log(f"  -> exit {code} in {seconds:.1f} s")
+    return {"exit": code, "seconds": round(seconds, 1), "tail": out[-3000:]}
+
+
+def train(spec, mode, args, log) -> dict:
+    """`snncompile train SPEC` for one epoch, its run directory in a temporary one."""
+    run = Path(tempfile.mkdtemp(prefix="snncompile-run-")) / f"{Path(spec).stem}-{mode}"
+    result = command(
+        [
+            sys.executable,
+            "-m",
+            "snncompile",
+            "train",
+            spec,
+            "--data-root",
+            args.data_root,
+            "--out",
+            run,
+            "--quiet",
+            "--no-download",
+            "--compile",
+            mode,
+        ],
+        log,
+        timeout=300,
+        cwd=ROOT,
+    )
+    metrics = run / "metrics.json"
+    if metrics.exists():
+        data = json.loads(metrics.read_text())
+        result["test_accuracy"] = data["test_accuracy"]
+        result["train_seconds"] = sum(h["seconds"] for h in data["history"])
+        result["compile_seconds"] = data.get("compile_seconds")
+        result["device"] = data.get("device")
+    return result
+
+
+def bench(spec, repeats, args, log, out: Path) -> dict:
+    path = out / f"bench-{Path(spec).stem}.json"
+    result = command(
+        [
+            sys.executable,
+            "-m",
+            "snncompile",
+            "bench",
+            spec,
+            "--device",
+            args.device,
+            "--repeats",
+            repeats,
+            "--json",
+            path,
+        ],
+        log,
+        timeout=300,
+        cwd=ROOT,
+    )
+    if path.exists():
+        result["report"] = json.loads(path.read_text())
+        result.pop("tail")
+    return result
+
+
+def standalone(args, log) -> dict:
+    """The generated script, copied alone to a temporary folder and run there."""
+    folder = Path(tempfile.mkdtemp(prefix="snncompile-standalone-"))
+    shutil.copy(ROOT / "generated" / "mnist_fc.py", folder)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = ""  # no snncompile
+    result = {}
+    for flag in ([], ["--compile"]):
+        name = "compiled" if flag else "eager"
+        result[name] = command(
+            [
+                sys.executable,
+                "mnist_fc.py",
+                "--device",
+                args.device,
+                "--data-root",
+                Path(args.data_root).resolve(),
+                "--epochs",
+                "1",
+                *flag,
+            ],
+            log,
+            timeout=300,
+            cwd=folder,
+            env=env,
+        )
+        metrics = folder / "runs" / "mnist_fc" / "metrics.json"
+        if metrics.exists():
+            result[name]["test_accuracy"] = json.loads(metrics.read_text())[
+                "test_accuracy"
+            ]
+            metrics.unlink()
+    return result
+
+
+# --------------------------------------------------------------------------- main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="holds MNIST/raw")
+    parser.add_argument("--out", default="cuda-check", help="where results go")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (default); cpu tries the script out"
+    )
+    parser.add_argument(
+        "--stages", help="comma-separated name prefixes of the stages to run"
+    )
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "cuda_check.log")
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        log("no CUDA device: nothing to check")
+        return 2
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "-"
+    log(f"torch {torch.__version__}, {gpu}, python {sys.version.split()[0]}")
+    begin = time.perf_counter()
+    summary: dict = {"torch": torch.__version__, "gpu": gpu, "device": args.device}
+    fc, csnn = "specs/mnist_fc.yaml", "specs/mnist_csnn.yaml"
+    others = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "specs").glob("*.yaml")
+        if p.name not in ("mnist_fc.yaml", "mnist_csnn.yaml")
+    )
+    pytest = [sys.executable, "-m", "pytest", "-q", "-k", "cuda", "tests"]
+    stages = [("pytest -k cuda", lambda: command(pytest, log, 300, cwd=ROOT))]
+    stages += [
+        ("exactness " + s, lambda s=s: exactness(ROOT / s, log, args.device))
+        for s in (fc, csnn)
+    ]
+    stages += [
+        ("train mnist_fc native", lambda: train(fc, "native", args, log)),
+        ("train mnist_fc none", lambda: train(fc, "none", args, log)),
+        ("bench mnist_fc", lambda: bench(fc, 10, args, log)),
+        ("standalone mnist_fc", lambda: standalone(args, log)),
+        ("train mnist_csnn native", lambda: train(csnn, "native", args, log)),
+        ("train mnist_csnn none", lambda: train(csnn, "none", args, log)),
+        ("bench mnist_csnn", lambda: bench(csnn, 3, args, log)),
+    ]
+    stages += [
+        ("exactness " + s, lambda s=s: exactness(ROOT / s, log, args.device))
+        for s in others
+    ]
+    if args.stages:
+        wanted = args.stages.split(",")
+        stages = [(n, f) for n, f in stages if any(n.startswith(w) for w in wanted)]
+    failed = []
+    for name, stage in stages:
+        elapsed = time.perf_counter() - begin
+        if elapsed > args.budget:
+            log(f"== {name}: skipped ({elapsed:.0f} s past the budget)")
+            summary[name] = "skipped"
+            continue
+        log(f"== {name} (at {elapsed:.0f} s)")
+        try:
+            summary[name] = result = stage()
+        except Exception:  # noqa: BLE001 - report and go on with the next stage
+            log(traceback.format_exc())
+            summary[name] = {"error": traceback.format_exc()[-2000:]}
+            failed.append(name)
+            continue
+        bad = result.get("passed") is False or result.get("exit") not in (None, 0)
+        bad = bad or any(
+            isinstance(v, dict) and v.get("exit") not in (None, 0)
+            for v in result.values()
+        )
+        if bad:
+            failed.append(name)
+        (out / "cuda_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["failed"] = failed
+    (out / "cuda_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log("FAILED: " + ", ".join(failed) if failed else "all stages passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
