@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(
 T, B, N, K = 6, 5, 3300, 7
 
 
-def _run(kernels, reset, surrogate, args, constant, learn, seed=0):
+def _run(kernels, reset, surrogate, args, constant, learn, seed=0, direct=True):
     """A hidden Leaky + linear (fused) and an output Leaky; returns the forward
-    records and every gradient."""
+    records and every gradient. `direct`: the loss also reads the hidden spikes
+    (else they reach it only through the linear layer)."""
     torch.manual_seed(seed)
     options = {
         "reset": reset,
@@ -41,7 +42,9 @@ def _run(kernels, reset, surrogate, args, constant, learn, seed=0):
     hidden.compiled = output.compiled = kernels
     spk, out = fused_leaky_linear(hidden, linear, cur)
     spk2, mem2 = output(out)
-    loss = (mem2**2).sum() + 0.1 * spk2.sum() + 0.01 * spk.sum()
+    loss = (mem2**2).sum() + 0.1 * spk2.sum()
+    if direct:
+        loss = loss + 0.01 * spk.sum()
     loss.backward()
     params = [x, linear.weight, linear.bias]
     if learn:
@@ -63,6 +66,43 @@ def test_native_matches_eager(reset, constant):
         for a, b in zip(eager[0], fast[0]):
             assert torch.equal(a, b), (surrogate.__name__, "forward")
         assert eager[0][0].any() and not eager[0][0].all()  # spikes, not all
+        for a, b in zip(eager[1], fast[1]):
+            assert a is not None and b is not None
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+class _Spy:
+    """A loaded library whose calls are counted by name."""
+
+    def __init__(self, lib):
+        self.lib, self.calls = lib, {}
+
+    def __getattr__(self, name):
+        function = getattr(self.lib, name)
+
+        def call(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return function(*args)
+
+        return call
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+def test_native_panels_match_eager(reset):
+    """The hidden layer's common form (constant input, spikes read only by the
+    linear layer) runs by panels, for every surrogate without exp; rows and
+    columns not multiples of the panel's (B = 5, N = 3300)."""
+    for surrogate, args in SURROGATES:
+        kernels = native.kernels()
+        kernels.lib = spy = _Spy(kernels.lib)
+        learn = surrogate in (surrogates.ATan, surrogates.Triangular)
+        eager = _run(False, reset, surrogate, args, True, learn, direct=False)
+        fast = _run(kernels, reset, surrogate, args, True, learn, direct=False)
+        by_panels = spy.calls.get("snn_leaky_backward_panels", 0)
+        exp = surrogate in (surrogates.Sigmoid, surrogates.SpikeRateEscape)
+        assert by_panels == (0 if exp else 1), surrogate.__name__
+        for a, b in zip(eager[0], fast[0]):
+            assert torch.equal(a, b), (surrogate.__name__, "forward")
         for a, b in zip(eager[1], fast[1]):
             assert a is not None and b is not None
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

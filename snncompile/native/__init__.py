@@ -182,6 +182,15 @@ def library() -> ctypes.CDLL:
         ptr, ptr, ptr, ptr, i64, ptr, ptr,  # incoming gradients, linear layer
         ptr, i32, ptr, i32,  # outputs
     ]  # fmt: skip
+    lib.snn_leaky_panels_fit.restype = ctypes.c_int
+    lib.snn_leaky_panels_fit.argtypes = [i64, i32]
+    lib.snn_leaky_backward_panels.restype = ctypes.c_int
+    lib.snn_leaky_backward_panels.argtypes = [
+        ptr, i64, i64, i64, f32, f32, i32,  # inputs
+        i32, f32,  # surrogate
+        ptr, ptr, i64,  # linear layer
+        ptr, ptr, i32, ptr, i32,  # outputs
+    ]  # fmt: skip
     return lib
 
 
@@ -275,8 +284,12 @@ class LeakyKernels:
         if through is not None:
             grad_out, weight = through[0].contiguous(), through[1].contiguous()
             k_out = weight.shape[0]
-            if weight_grad:
-                grad_weight = weight.new_empty(weight.shape)
+        # a hidden layer whose spikes feed only the linear layer: by panels
+        panels = constant and mem is None and grad_spk is None and grad_mem is None
+        panels = panels and k_out and self.lib.snn_leaky_panels_fit(k_out, kind)
+        if weight_grad:
+            grad_weight = weight.new_empty(weight.shape)
+            if not panels:  # per-thread partial sums
                 scratch = weight.new_empty((threads, *weight.shape))
         # contiguous copies are kept in locals: alive until the call returns
         cur, spk_rec = cur.contiguous(), spk_rec.contiguous()
@@ -284,14 +297,24 @@ class LeakyKernels:
         grad_mem = None if grad_mem is None else grad_mem.contiguous()
         values = [*args, 0.0, 0.0]
         sums = (ctypes.c_double * 2)()
-        status = self.lib.snn_leaky_backward(
-            _ptr(cur), constant, _ptr(spk_rec), _ptr(mem), steps, rows, cols,
-            float(b), float(threshold), RESETS[reset],
-            kind, float(values[0]), float(values[1]),
-            _ptr(grad_spk), _ptr(grad_mem),
-            _ptr(grad_out), _ptr(weight), k_out, _ptr(grad_weight), _ptr(scratch),
-            _ptr(grad_cur), bool(needs[1] or needs[2]), sums, threads,
-        )  # fmt: skip
+        if panels:
+            status = self.lib.snn_leaky_backward_panels(
+                _ptr(cur), steps, rows, cols,
+                float(b), float(threshold), RESETS[reset], kind, float(values[0]),
+                _ptr(grad_out), _ptr(weight), k_out,
+                _ptr(grad_weight), _ptr(grad_cur), bool(needs[1] or needs[2]),
+                sums, threads,
+            )  # fmt: skip
+        else:
+            status = self.lib.snn_leaky_backward(
+                _ptr(cur), constant, _ptr(spk_rec), _ptr(mem), steps, rows, cols,
+                float(b), float(threshold), RESETS[reset],
+                kind, float(values[0]), float(values[1]),
+                _ptr(grad_spk), _ptr(grad_mem),
+                _ptr(grad_out), _ptr(weight), k_out, _ptr(grad_weight),
+                _ptr(scratch), _ptr(grad_cur), bool(needs[1] or needs[2]), sums,
+                threads,
+            )  # fmt: skip
         if status:
             raise MemoryError("snn_leaky_backward: out of memory for its buffers")
         grad_b = torch.tensor(sums[0], dtype=b.dtype).reshape(b.shape)

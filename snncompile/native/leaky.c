@@ -245,6 +245,251 @@ static inline __attribute__((always_inline)) void backward_block(
   *thr_total += thr_sum;
 }
 
+/* The hidden layer of a fused Leaky + linear node, in its common form: constant
+ * input, membranes recomputed, no other gradient coming in than through the
+ * linear layer, a surrogate without exp. Work goes by panels of LANES columns
+ * (one vector), each owned by one thread: a panel's weight slice and weight-
+ * gradient sums stay in L1 for all rows and steps, each row's membranes are
+ * recomputed into a T x LANES buffer, and the spike records are not read (the
+ * recomputation gives them again, exactly: the same operations on each lane).
+ * The weight gradient needs no per-thread copies to add up. Columns past the
+ * last are zero lanes, never written. GCC vector extensions: each operation is
+ * the scalar one on every lane (no contraction, as everywhere in this file). */
+#define LANES 16
+#define PANEL_K 32 /* the most outputs of the linear layer this path takes */
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
+
+static inline vf ones_where(vi mask) { return (vf)(mask & 0x3f800000); }
+
+
+/* a * b + c for the gradient sums, fused where the CPU has it (only those:
+ * they are sums whose order and rounding are free; the membranes are not). */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline vf fmadd(vf a, vf b, vf c) {
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+static inline vf splat(float x) { return (vf)_mm512_set1_ps(x); }
+#else
+static inline vf fmadd(vf a, vf b, vf c) { return a * b + c; }
+static inline vf splat(float x) {
+  vf v;
+  for (int j = 0; j < LANES; j++) v[j] = x;
+  return v;
+}
+#endif
+
+static inline __attribute__((always_inline)) vf panel_surrogate(
+    const int kind, vf x, vf g, float a0) {
+  const vf zero = {0};
+  switch (kind) {
+    case 1: { /* as surrogate_grad: alpha / 2 / (1 + u^2) * g */
+      const vf u = (float)(M_PI / 2 * a0) * x;
+      return (zero + a0 / 2.0f) / (1.0f + u * u) * g;
+    }
+    case 2: {
+      const vf s = a0 * (vf)((vi)x & 0x7fffffff) + 1.0f;
+      return g / (s * s);
+    }
+    case 4: { /* -g * threshold where x >= 0: the sign bit flipped */
+      const vf scaled = g * a0;
+      return (vf)((vi)scaled ^ ((x >= 0.0f) & (int32_t)0x80000000));
+    }
+    case 5:
+      return g;
+    default:
+      return zero;
+  }
+}
+
+static int panel_kind(int surrogate) {
+  return surrogate == 0 || surrogate == 1 || surrogate == 2 ||
+         surrogate == 4 || surrogate == 5;
+}
+
+/* Rows row0 .. row0 + R - 1 of one panel. R rows at a time: every chain over
+ * the steps (the membrane, the gradient through it, each sum) has R
+ * independent copies to overlap. Work: 3 * steps * R vectors. */
+static inline __attribute__((always_inline)) void panel_rows(
+    const int kind, const int R, const Backward *p, int64_t row0, int64_t col,
+    int n, vf *restrict work, const vf *weight, vf *acc, vf *sums) {
+  const int64_t steps = p->steps, rows = p->rows, cols = p->cols,
+                k_out = p->k_out;
+  const float b = p->b, thr = p->thr, a0 = p->a0;
+  const float zero_reset = p->reset == 1 ? 1.0f : 0.0f;
+  const vf zero = {0}, first = zero + ((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
+  vf *restrict mems = work, *restrict fired = work + steps * R,
+               *restrict sent = work + 2 * steps * R;
+  vf in[R], state[R], flag[R];
+  for (int r = 0; r < R; r++) {
+    in[r] = state[r] = zero;
+    flag[r] = first;
+    memcpy(&in[r], p->cur + (row0 + r) * cols + col, n * sizeof(float));
+  }
+  for (int64_t t = 0; t < steps; t++) { /* the forward, exactly */
+    for (int r = 0; r < R; r++) {
+      if (p->reset == 1) {
+        state[r] = b * ((1.0f - flag[r]) * state[r]) + in[r];
+      } else {
+        state[r] = b * state[r] + in[r];
+        if (p->reset == 0) state[r] = state[r] - flag[r] * thr;
+      }
+      flag[r] = ones_where(state[r] - thr > 0.0f);
+      mems[t * R + r] = state[r];
+      fired[t * R + r] = flag[r];
+    }
+  }
+  /* what the linear layer sends back, and its weight gradient */
+  for (int64_t t = 0; t < steps; t++) {
+    const float *g_out = p->through_grad + (t * rows + row0) * k_out;
+    vf s[R];
+    for (int r = 0; r < R; r++) s[r] = zero;
+    for (int64_t k = 0; k < k_out; k++) {
+      for (int r = 0; r < R; r++) {
+        s[r] = fmadd(splat(g_out[r * k_out + k]), weight[k], s[r]);
+      }
+    }
+    for (int r = 0; r < R; r++) sent[t * R + r] = s[r];
+  }
+  if (acc) {
+    for (int64_t k = 0; k < k_out; k++) {
+      vf part[R];
+      for (int r = 0; r < R; r++) part[r] = zero;
+      for (int64_t t = 0; t < steps; t++) {
+        const float *g_out = p->through_grad + (t * rows + row0) * k_out + k;
+        for (int r = 0; r < R; r++) {
+          part[r] = fmadd(splat(g_out[r * k_out]), fired[t * R + r], part[r]);
+        }
+      }
+      for (int r = 0; r < R; r++) acc[k] += part[r];
+    }
+  }
+  /* the gradient back through the steps */
+  vf after[R], total[R], b_acc[R], fire_acc[R], reset_acc[R];
+  for (int r = 0; r < R; r++) {
+    after[r] = total[r] = b_acc[r] = fire_acc[r] = reset_acc[r] = zero;
+  }
+  for (int64_t t = steps - 1; t >= 0; t--) {
+    for (int r = 0; r < R; r++) {
+      const vf s = fired[t * R + r];
+      const vf f = t ? fired[(t - 1) * R + r] : first;
+      const vf before = t ? mems[(t - 1) * R + r] : zero;
+      vf d = panel_surrogate(kind, mems[t * R + r] - thr, sent[t * R + r], a0);
+      fire_acc[r] += d;
+      d = d + b * (1.0f - zero_reset * s) * after[r];
+      b_acc[r] += d * ((1.0f - zero_reset * f) * before);
+      reset_acc[r] += d * f;
+      total[r] += d;
+      after[r] = d;
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    if (p->grad_cur) {
+      memcpy(p->grad_cur + (row0 + r) * cols + col, &total[r], n * sizeof(float));
+    }
+    sums[0] += b_acc[r];
+    sums[1] += fire_acc[r];
+    sums[2] += reset_acc[r];
+  }
+}
+
+#define PANEL_ROWS 4
+
+static inline __attribute__((always_inline)) void backward_panel(
+    const int kind, const Backward *p, int64_t panel, vf *work,
+    float *grad_weight, double *b_total, double *thr_total) {
+  const int64_t cols = p->cols, k_out = p->k_out, col = panel * LANES;
+  const int n = (int)(cols - col < LANES ? cols - col : LANES);
+  const vf zero = {0};
+  vf weight[PANEL_K], acc[PANEL_K], sums[3] = {zero, zero, zero};
+  for (int64_t k = 0; k < k_out; k++) {
+    weight[k] = acc[k] = zero;
+    memcpy(&weight[k], p->through_weight + k * cols + col, n * sizeof(float));
+  }
+  vf *accs = grad_weight ? acc : NULL;
+  int64_t row = 0;
+  for (; row + PANEL_ROWS <= p->rows; row += PANEL_ROWS) {
+    panel_rows(kind, PANEL_ROWS, p, row, col, n, work, weight, accs, sums);
+  }
+  for (; row < p->rows; row++) {
+    panel_rows(kind, 1, p, row, col, n, work, weight, accs, sums);
+  }
+  if (grad_weight) {
+    for (int64_t k = 0; k < k_out; k++) {
+      memcpy(grad_weight + k * cols + col, &acc[k], n * sizeof(float));
+    }
+  }
+  if (!p->sums) return;
+  double b_sum = 0.0, thr_sum = 0.0;
+  for (int j = 0; j < n; j++) {
+    b_sum += sums[0][j];
+    thr_sum -= sums[1][j];
+    if (p->reset == 0) thr_sum -= sums[2][j];
+  }
+  *b_total += b_sum;
+  *thr_total += thr_sum;
+}
+
+static int backward_panels(const Backward *p, float *grad_weight, int threads,
+                           double *out_sums) {
+  const int64_t panels = (p->cols + LANES - 1) / LANES;
+  double b_total = 0.0, thr_total = 0.0;
+  int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : b_total, thr_total)
+  {
+    vf *work = NULL;
+    const size_t size = 3 * PANEL_ROWS * p->steps * sizeof(vf);
+    if (posix_memalign((void **)&work, sizeof(vf), size)) {
+      work = NULL;
+    }
+    if (!work) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t panel = 0; panel < panels; panel++) {
+      int stop;
+#pragma omp atomic read
+      stop = failed;
+      if (stop) continue; /* every thread still meets the loop's barrier */
+      switch (p->surrogate) { /* one specialized loop per surrogate */
+        case 1: backward_panel(1, p, panel, work, grad_weight, &b_total, &thr_total); break;
+        case 2: backward_panel(2, p, panel, work, grad_weight, &b_total, &thr_total); break;
+        case 4: backward_panel(4, p, panel, work, grad_weight, &b_total, &thr_total); break;
+        case 5: backward_panel(5, p, panel, work, grad_weight, &b_total, &thr_total); break;
+        default: backward_panel(0, p, panel, work, grad_weight, &b_total, &thr_total);
+      }
+    }
+    free(work);
+  }
+  out_sums[0] = b_total;
+  out_sums[1] = thr_total;
+  return failed ? -1 : 0;
+}
+
+/* Whether snn_leaky_backward_panels takes a linear layer of k_out outputs and
+ * this surrogate. */
+int snn_leaky_panels_fit(int64_t k_out, int surrogate) {
+  return k_out >= 1 && k_out <= PANEL_K && panel_kind(surrogate);
+}
+
+/* The backward of a hidden layer with constant input whose spikes feed only a
+ * linear layer (see backward_panel); the arguments as in snn_leaky_backward.
+ * Only where snn_leaky_panels_fit. Returns 0, or -1 when out of memory. */
+int snn_leaky_backward_panels(const float *cur, int64_t steps, int64_t rows,
+                              int64_t cols, float b, float thr, int reset,
+                              int surrogate, float a0,
+                              const float *through_grad,
+                              const float *through_weight, int64_t k_out,
+                              float *grad_weight, float *grad_cur, int sums,
+                              double *out_sums, int threads) {
+  const Backward p = {cur, NULL, NULL, NULL, NULL, through_grad,
+                      through_weight, grad_cur, NULL, steps, rows, cols,
+                      k_out, b, thr, a0, 0.0f, 1, reset, surrogate, sums};
+  return backward_panels(&p, grad_weight, threads, out_sums);
+}
+
 int snn_leaky_backward(const float *cur, int constant, const float *spk,
                         const float *mem, int64_t steps, int64_t rows,
                         int64_t cols, float b, float thr, int reset,

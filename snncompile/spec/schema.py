@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -47,13 +47,11 @@ def check_identifier(value: str | None) -> str | None:
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
-Size = Union[
-    PositiveInt, Annotated[list[PositiveInt], Field(min_length=1, max_length=2)]
-]
-Padding = Union[
-    Annotated[int, Field(ge=0)],
-    Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=2)],
-]
+Size = PositiveInt | Annotated[list[PositiveInt], Field(min_length=1, max_length=2)]
+Padding = (
+    Annotated[int, Field(ge=0)]
+    | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=2)]
+)
 
 
 # --------------------------------------------------------------------------- surrogates
