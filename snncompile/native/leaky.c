@@ -310,10 +310,13 @@ static int panel_kind(int surrogate) {
 
 /* Rows row0 .. row0 + R - 1 of one panel. R rows at a time: every chain over
  * the steps (the membrane, the gradient through it, each sum) has R
- * independent copies to overlap. Work: 3 * steps * R vectors. */
+ * independent copies to overlap. Work: 3 * steps * R vectors. `full`: the
+ * sums for dL/db and dL/dthr, and zero reset; without, the loop leaves out what
+ * is then zero or one. */
 static inline __attribute__((always_inline)) void panel_rows(
-    const int kind, const int R, const Backward *p, int64_t row0, int64_t col,
-    int n, vf *restrict work, const vf *weight, vf *acc, vf *sums) {
+    const int kind, const int R, const int full, const Backward *p,
+    int64_t row0, int64_t col, int n, vf *restrict work, const vf *weight,
+    vf *acc, vf *sums) {
   const int64_t steps = p->steps, rows = p->rows, cols = p->cols,
                 k_out = p->k_out;
   const float b = p->b, thr = p->thr, a0 = p->a0;
@@ -371,7 +374,13 @@ static inline __attribute__((always_inline)) void panel_rows(
     after[r] = total[r] = b_acc[r] = fire_acc[r] = reset_acc[r] = zero;
   }
   for (int64_t t = steps - 1; t >= 0; t--) {
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < R && !full; r++) { /* subtract or no reset, no sums */
+      vf d = panel_surrogate(kind, mems[t * R + r] - thr, sent[t * R + r], a0);
+      d = d + b * after[r]; /* b * (1 - 0 * s) * after, the same value */
+      total[r] += d;
+      after[r] = d;
+    }
+    for (int r = 0; r < R && full; r++) {
       const vf s = fired[t * R + r];
       const vf f = t ? fired[(t - 1) * R + r] : first;
       const vf before = t ? mems[(t - 1) * R + r] : zero;
@@ -408,12 +417,21 @@ static inline __attribute__((always_inline)) void backward_panel(
     memcpy(&weight[k], p->through_weight + k * cols + col, n * sizeof(float));
   }
   vf *accs = grad_weight ? acc : NULL;
+  const int full = p->sums || p->reset == 1;
   int64_t row = 0;
   for (; row + PANEL_ROWS <= p->rows; row += PANEL_ROWS) {
-    panel_rows(kind, PANEL_ROWS, p, row, col, n, work, weight, accs, sums);
+    if (full) {
+      panel_rows(kind, PANEL_ROWS, 1, p, row, col, n, work, weight, accs, sums);
+    } else {
+      panel_rows(kind, PANEL_ROWS, 0, p, row, col, n, work, weight, accs, sums);
+    }
   }
   for (; row < p->rows; row++) {
-    panel_rows(kind, 1, p, row, col, n, work, weight, accs, sums);
+    if (full) {
+      panel_rows(kind, 1, 1, p, row, col, n, work, weight, accs, sums);
+    } else {
+      panel_rows(kind, 1, 0, p, row, col, n, work, weight, accs, sums);
+    }
   }
   if (grad_weight) {
     for (int64_t k = 0; k < k_out; k++) {
