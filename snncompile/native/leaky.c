@@ -471,12 +471,11 @@ static int backward_panels(const Backward *p, float *grad_weight, int threads,
 #pragma omp atomic read
       stop = failed;
       if (stop) continue; /* every thread still meets the loop's barrier */
-      switch (p->surrogate) { /* one specialized loop per surrogate */
+      switch (p->surrogate) { /* specialized loops for the common surrogates */
         case 1: backward_panel(1, p, panel, work, grad_weight, &b_total, &thr_total); break;
         case 2: backward_panel(2, p, panel, work, grad_weight, &b_total, &thr_total); break;
-        case 4: backward_panel(4, p, panel, work, grad_weight, &b_total, &thr_total); break;
-        case 5: backward_panel(5, p, panel, work, grad_weight, &b_total, &thr_total); break;
-        default: backward_panel(0, p, panel, work, grad_weight, &b_total, &thr_total);
+        default: /* the rarer ones share a loop that switches inside */
+          backward_panel(p->surrogate, p, panel, work, grad_weight, &b_total, &thr_total);
       }
     }
     free(work);
@@ -544,14 +543,11 @@ int snn_leaky_backward(const float *cur, int constant, const float *spk,
 #pragma omp atomic read
       stop = failed;
       if (stop) continue; /* every thread still meets the loop's barrier */
-      switch (p.surrogate) { /* one specialized loop per surrogate */
+      switch (p.surrogate) { /* specialized loops for the common surrogates */
         case 1: backward_block(1, &p, block, buffer, weight_part, &b_total, &thr_total); break;
         case 2: backward_block(2, &p, block, buffer, weight_part, &b_total, &thr_total); break;
-        case 3: backward_block(3, &p, block, buffer, weight_part, &b_total, &thr_total); break;
-        case 4: backward_block(4, &p, block, buffer, weight_part, &b_total, &thr_total); break;
-        case 5: backward_block(5, &p, block, buffer, weight_part, &b_total, &thr_total); break;
-        case 6: backward_block(6, &p, block, buffer, weight_part, &b_total, &thr_total); break;
-        default: backward_block(0, &p, block, buffer, weight_part, &b_total, &thr_total);
+        default: /* the rarer ones share a loop that switches inside */
+          backward_block(p.surrogate, &p, block, buffer, weight_part, &b_total, &thr_total);
       }
     }
     free(buffer);
