@@ -304,11 +304,11 @@ def main() -> int:
     stages += [
         ("train mnist_fc native", lambda: train(fc, "native", args, log)),
         ("train mnist_fc none", lambda: train(fc, "none", args, log)),
-        ("bench mnist_fc", lambda: bench(fc, 10, args, log)),
+        ("bench mnist_fc", lambda: bench(fc, 10, args, log, out)),
         ("standalone mnist_fc", lambda: standalone(args, log)),
         ("train mnist_csnn native", lambda: train(csnn, "native", args, log)),
         ("train mnist_csnn none", lambda: train(csnn, "none", args, log)),
-        ("bench mnist_csnn", lambda: bench(csnn, 3, args, log)),
+        ("bench mnist_csnn", lambda: bench(csnn, 3, args, log, out)),
     ]
     stages += [
         ("exactness " + s, lambda s=s: exactness(ROOT / s, log, args.device))

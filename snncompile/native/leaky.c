@@ -4,7 +4,8 @@
  * (leaky_scan and leaky_backward), so the spikes and membranes are identical to
  * the eager kernels and to snnTorch's step loop; gradients agree up to float
  * summation order. Build with -ffp-contract=off (no fused multiply-add: each
- * product rounds on its own, as in PyTorch's elementwise kernels).
+ * product rounds on its own, as in PyTorch's elementwise kernels); only the
+ * panel backward's matrix-product sums use explicit fused multiply-adds.
  *
  * Layout: a step holds E = rows * cols elements, row-major; records are [T, E].
  * Elements are independent, so work is split into blocks of one row and up to
