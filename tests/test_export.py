@@ -382,11 +382,11 @@ def _bad_checkpoints(tmp_path, spec):
     del state["fc2.bias"]
     torch.save({"model": state}, wrong_keys)
     return {
-        garbage: "cannot read checkpoint",
+        garbage: "is not a readable checkpoint",
         no_model: "holds no model weights",
         wrong_net: "different network",
-        wrong_keys: "missing: fc2.bias; wrong shape: fc1.weight [8, 5]",
-        tmp_path / "absent.pt": "does not exist",
+        wrong_keys: "missing: fc2.bias; wrong shape: fc1.weight [8, 5] (the spec has",
+        tmp_path / "absent.pt": "no checkpoint at",
     }
 
 

@@ -212,7 +212,9 @@ def test_eval_accepts_a_bare_state_dict(trained, tmp_path):
     assert result["test_accuracy"] == metrics["test_accuracy"]
     state["fc2.bias"] = torch.zeros(7)
     torch.save(state, tmp_path / "model.pt")
-    with pytest.raises(UserError, match=r"fc2.bias \[7\] vs \[10\]"):
+    with pytest.raises(
+        UserError, match=r"wrong shape: fc2.bias \[7\] \(the spec has \[10\]\)"
+    ):
         evaluate(spec, checkpoint=tmp_path / "model.pt")
 
 
@@ -298,7 +300,7 @@ def test_eval_reports_a_truncated_or_mismatched_checkpoint(tmp_path, trained, ca
     payload["model"]["fc1.weight"] = torch.zeros(3, 3)
     ckpt.save(tmp_path / "bad.pt", payload)
     assert main(["eval", str(spec), "--checkpoint", str(tmp_path / "bad.pt")]) == 2
-    assert "fc1.weight [3, 3] vs [32, 64]" in capsys.readouterr().err
+    assert "fc1.weight [3, 3] (the spec has [32, 64])" in capsys.readouterr().err
 
 
 MNIST_SPEC = pathlib.Path(__file__).parents[1] / "specs" / "mnist_fc.yaml"

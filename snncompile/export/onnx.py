@@ -45,13 +45,13 @@ from torch import nn
 from ..quiet import quiet_stderr
 from ..spec.errors import UserError
 from ..spec.schema import Spec
+from ..train import checkpoint as ckpt
 from .loop import UNROLL_STEPS, looped_model
 from .wrappers import ENCODING_NOTES, SequenceModel, StepModel, state_names
 
 MODES = ("sequence", "step")
 DEFAULT_OPSET = 17  # supported by onnxruntime >= 1.14 and most device runtimes
 MIN_OPSET, MAX_OPSET = 9, 20  # what the TorchScript exporter writes
-NETWORK_KEYS = ("input", "steps", "defaults", "layers")  # what fixes the weights
 
 
 # --------------------------------------------------------------------------- loading
@@ -88,67 +88,14 @@ def _spec(spec) -> Spec:
 
 
 def load_checkpoint(net: nn.Module, path) -> str:
-    """Load a training checkpoint ({"model": state_dict, "spec": json}, or its run
-    directory) into `net`; UserError on anything that does not fit."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
-        raise UserError(
-            f"cannot read checkpoint {path} (not written by torch.save?): {_first_line(err)}"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise UserError(
-            f"checkpoint {path} holds no model weights (expected a dict whose "
-            "'model' is a state dict)"
-        )
-    if isinstance(data.get("spec"), str):
-        differ = _differences(data["spec"], net.graph.spec_json)
-        if differ:
-            raise UserError(
-                f"checkpoint {path} was trained from a different network; "
-                f"these parts differ from spec '{net.graph.name}': {', '.join(differ)}"
-            )
-    # a net saved through torch.compile prefixes its keys
-    state = {k.removeprefix("_orig_mod."): v for k, v in data["model"].items()}
-    own = net.state_dict()
-    problems = {
-        "missing": sorted(set(own) - set(state)),
-        "unexpected": sorted(set(state) - set(own)),
-        "not a tensor": sorted(k for k in state if not torch.is_tensor(state[k])),
-    }
-    problems["wrong shape"] = [
-        f"{k} {list(state[k].shape)} (spec wants {list(own[k].shape)})"
-        for k in own
-        if torch.is_tensor(state.get(k)) and state[k].shape != own[k].shape
-    ]
-    parts = [
-        f"{label}: {', '.join(keys[:5])}"
-        + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-        for label, keys in problems.items()
-        if keys
-    ]
-    if parts:
-        raise UserError(
-            f"checkpoint {path} does not fit spec '{net.graph.name}': "
-            + "; ".join(parts)
-        )
-    net.load_state_dict(state)
-    return f"checkpoint {path}"
-
-
-def _differences(saved_json: str, spec_json: str) -> list[str]:
-    """Parts of the spec that fix the weights and differ between the two."""
-    try:
-        saved = json.loads(saved_json)
-    except ValueError:
-        return ["spec (unreadable JSON in the checkpoint)"]
-    given = json.loads(spec_json)
-    return [key for key in NETWORK_KEYS if saved.get(key) != given.get(key)]
+    """Load a training checkpoint (or its run directory), a generated script's
+    state dict, or {"model": state_dict, "spec": json} into `net`, as `snncompile
+    eval` does (train/checkpoint.py); UserError on anything that does not fit."""
+    payload = ckpt.load(path, weights_ok=True)
+    where = f"checkpoint {path}"
+    ckpt.check_spec(payload, net.graph.spec_json, where)
+    ckpt.load_weights(net, payload["model"], where)
+    return where
 
 
 def _first_line(err: BaseException) -> str:

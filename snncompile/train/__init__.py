@@ -2,9 +2,17 @@
 
 data.py loads datasets into memory, loop.py trains and evaluates, checkpoint.py
 reads and writes checkpoints, plots.py draws curves and rasters, command.py is the
-`snncompile train` / `snncompile eval` command line.
+`snncompile train` / `snncompile eval` command line. `train` and `evaluate` are
+imported on first use, so that `from snncompile.train import checkpoint` (export
+reads checkpoints) does not load the training loop and matplotlib.
 """
 
-from .loop import evaluate, train
-
 __all__ = ["evaluate", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

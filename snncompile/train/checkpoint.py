@@ -30,8 +30,10 @@ def save(path: str | os.PathLike, payload: dict) -> None:
 def load(path: str | os.PathLike, weights_ok: bool = False) -> dict:
     """Read a checkpoint file (or DIR/checkpoint.pt); UserError if unusable.
 
-    With `weights_ok`, a bare state dict (what generated scripts save) is accepted
-    as {"model": state_dict, "spec": None}.
+    With `weights_ok` (evaluation, export), weights from elsewhere are accepted
+    too: a bare state dict (what generated scripts save) or a dict whose "model"
+    is one (and whose "spec", if any, is the spec as JSON text); they come back
+    as {"model": state_dict, "spec": JSON text or None, "epoch": None}.
     """
     path = Path(path)
     if path.is_dir():
@@ -45,24 +47,46 @@ def load(path: str | os.PathLike, weights_ok: bool = False) -> dict:
         raise UserError(
             f"{path} is not a readable checkpoint ({type(err).__name__}: {first})"
         ) from None
-    bare = isinstance(payload, dict) and all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in payload.items()
-    )
-    if weights_ok and bare and payload:
-        return {"format": FORMAT, "model": payload, "spec": None, "epoch": None}
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        for key in ("spec", "model", "epoch"):
+            if key not in payload:
+                raise UserError(f"{path} is incomplete: it has no {key!r}")
+        return payload
+    if not weights_ok:
         raise UserError(f"{path} is not an snncompile checkpoint")
-    for key in ("spec", "model", "epoch"):
-        if key not in payload:
-            raise UserError(f"{path} is incomplete: it has no {key!r}")
-    return payload
+    if _bare_weights(payload):
+        return {"format": FORMAT, "model": payload, "spec": None, "epoch": None}
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        spec = payload.get("spec")
+        spec = spec if isinstance(spec, str) else None
+        return {
+            "format": FORMAT,
+            "model": payload["model"],
+            "spec": spec,
+            "epoch": None,
+        }
+    raise UserError(
+        f"{path} holds no model weights (expected an snncompile checkpoint, a state "
+        "dict, or a dict whose 'model' is a state dict)"
+    )
+
+
+def _bare_weights(payload) -> bool:
+    return (
+        isinstance(payload, dict)
+        and bool(payload)
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in payload.items())
+    )
 
 
 def check_spec(payload: dict, spec_json: str, where: str) -> None:
     """UserError unless the checkpoint's network equals the spec's network."""
     if payload["spec"] is None:  # bare weights: load_weights checks the shapes
         return
-    saved = json.loads(payload["spec"])
+    try:
+        saved = json.loads(payload["spec"])
+    except ValueError:
+        raise UserError(f"{where} holds a spec that is not readable JSON") from None
     given = json.loads(spec_json)
     differ = [key for key in NETWORK_KEYS if saved.get(key) != given.get(key)]
     if differ:
@@ -74,23 +98,27 @@ def check_spec(payload: dict, spec_json: str, where: str) -> None:
 
 
 def load_weights(net: torch.nn.Module, state: dict, where: str) -> None:
-    """load_state_dict, translating mismatches into a UserError."""
+    """load_state_dict, translating every mismatch into one UserError. Keys that
+    a torch.compile'd net saved (prefixed "_orig_mod.") are accepted."""
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
+    problems = {
+        "missing": sorted(set(own) - set(state)),
+        "unexpected": sorted(set(state) - set(own)),
+        "not a tensor": sorted(k for k in state if not torch.is_tensor(state[k])),
+        "wrong shape": [
+            f"{k} {list(state[k].shape)} (the spec has {list(own[k].shape)})"
+            for k in own
+            if torch.is_tensor(state.get(k)) and state[k].shape != own[k].shape
+        ],
+    }
+    parts = [
+        f"{label}: {', '.join(keys[:5])}"
+        + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        for label, keys in problems.items()
+        if keys
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append("missing " + ", ".join(missing[:5]))
-        if unexpected:
-            parts.append("unexpected " + ", ".join(unexpected[:5]))
-        if shapes:
-            parts.append("shapes differ: " + "; ".join(shapes[:5]))
+    if parts:
         raise UserError(
             f"the weights in {where} do not fit this spec: " + "; ".join(parts)
         )
