@@ -10,7 +10,7 @@ threshold, a surrogate it does not know) they run the torch.compile'd kernels.
 Why: torch.compile fuses the same loops as well, but each new process pays for
 importing dynamo and inductor and for tracing the graphs again (about 4 s here
 even with every kernel in inductor's cache, 25-30 s on a first run). This file
-compiles in about a second, once per machine: the shared library is cached
+compiles in about 4 seconds, once per machine: the shared library is cached
 under SNNCOMPILE_CACHE (default ~/.cache/snncompile), keyed by the source, the
 compiler and the CPU, and loads in milliseconds. Threads: OpenMP, through the
 same runtime as torch (the library is loaded after torch, which has loaded its
