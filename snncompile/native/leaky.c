@@ -155,6 +155,22 @@ typedef struct {
   int constant, reset, surrogate, sums;
 } Backward;
 
+/* A block's or panel's first n lanes of the per-element sums, added to the
+ * scalar parameters' gradients: dL/db, and dL/dthr (minus the surrogate's sum
+ * and, for subtract reset, minus the reset's). */
+static void add_parameter_sums(const Backward *p, int n, const float *b_acc,
+                               const float *fire_acc, const float *reset_acc,
+                               double *b_total, double *thr_total) {
+  double b_sum = 0.0, thr_sum = 0.0;
+  for (int j = 0; j < n; j++) {
+    b_sum += b_acc[j];
+    thr_sum -= fire_acc[j];
+    if (p->reset == 0) thr_sum -= reset_acc[j];
+  }
+  *b_total += b_sum;
+  *thr_total += thr_sum;
+}
+
 static inline __attribute__((always_inline)) void backward_block(
     const int kind, const Backward *p, int64_t block, float *buffer,
     float *weight_part, double *b_total, double *thr_total) {
@@ -235,15 +251,9 @@ static inline __attribute__((always_inline)) void backward_block(
   if (p->grad_cur && p->constant) {
     memcpy(p->grad_cur + start, total, n * sizeof(float));
   }
-  if (!p->sums) return;
-  double b_sum = 0.0, thr_sum = 0.0;
-  for (int j = 0; j < n; j++) {
-    b_sum += b_acc[j];
-    thr_sum -= fire_acc[j];
-    if (p->reset == 0) thr_sum -= reset_acc[j];
+  if (p->sums) {
+    add_parameter_sums(p, n, b_acc, fire_acc, reset_acc, b_total, thr_total);
   }
-  *b_total += b_sum;
-  *thr_total += thr_sum;
 }
 
 /* The hidden layer of a fused Leaky + linear node, in its common form: constant
@@ -439,15 +449,10 @@ static inline __attribute__((always_inline)) void backward_panel(
       memcpy(grad_weight + k * cols + col, &acc[k], n * sizeof(float));
     }
   }
-  if (!p->sums) return;
-  double b_sum = 0.0, thr_sum = 0.0;
-  for (int j = 0; j < n; j++) {
-    b_sum += sums[0][j];
-    thr_sum -= sums[1][j];
-    if (p->reset == 0) thr_sum -= sums[2][j];
+  if (p->sums) {
+    add_parameter_sums(p, n, (const float *)&sums[0], (const float *)&sums[1],
+                       (const float *)&sums[2], b_total, thr_total);
   }
-  *b_total += b_sum;
-  *thr_total += thr_sum;
 }
 
 static int backward_panels(const Backward *p, float *grad_weight, int threads,
