@@ -84,10 +84,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import native, registry
+from . import registry
 from .lower.optimize import (
-    compile_model,
-    compile_neurons,
+    apply,
     native_problem,
     neurons,
     tune_allocator,
@@ -355,7 +354,7 @@ class Bench:
                     (
                         "native",
                         "snncompile native (train's default)",
-                        lambda: compile_neurons(self._copy(), kernels=native.kernels()),
+                        lambda: apply(self._copy(), "native"),
                     )
                 )
             else:
@@ -364,14 +363,14 @@ class Bench:
                 (
                     "compiled",
                     "snncompile torch.compile neurons",
-                    lambda: compile_neurons(self._copy()),
+                    lambda: apply(self._copy(), "neurons"),
                 )
             )
             plan.append(
                 (
                     "whole",
                     "snncompile whole-model torch.compile",
-                    lambda: compile_model(self._copy()),
+                    lambda: apply(self._copy(), "model"),
                 )
             )
         out = [
