@@ -75,7 +75,7 @@ def load_net(spec_or_net, checkpoint=None, seed: int | None = None):
             "pass --checkpoint FILE for trained weights"
         )
     if checkpoint is not None:
-        weights = load_checkpoint(net, checkpoint)
+        weights = ckpt.load_into(net, checkpoint)
     return net, weights
 
 
@@ -85,17 +85,6 @@ def _spec(spec) -> Spec:
     if isinstance(spec, Spec):
         return spec
     return snncompile.load(str(spec))
-
-
-def load_checkpoint(net: nn.Module, path) -> str:
-    """Load a training checkpoint (or its run directory), a generated script's
-    state dict, or {"model": state_dict, "spec": json} into `net`, as `snncompile
-    eval` does (train/checkpoint.py); UserError on anything that does not fit."""
-    payload = ckpt.load(path, weights_ok=True)
-    where = f"checkpoint {path}"
-    ckpt.check_spec(payload, net.graph.spec_json, where)
-    ckpt.load_weights(net, payload["model"], where)
-    return where
 
 
 def _first_line(err: BaseException) -> str:

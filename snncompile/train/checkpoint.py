@@ -123,3 +123,14 @@ def load_weights(net: torch.nn.Module, state: dict, where: str) -> None:
             f"the weights in {where} do not fit this spec: " + "; ".join(parts)
         )
     net.load_state_dict(state)
+
+
+def load_into(net: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Load a checkpoint (or run directory), a generated script's state dict, or
+    {"model": state_dict, "spec": json} into the built `net`, for evaluation and
+    export; UserError on anything that does not fit. Returns where they came from."""
+    payload = load(path, weights_ok=True)
+    where = f"checkpoint {path}"
+    check_spec(payload, net.graph.spec_json, where)
+    load_weights(net, payload["model"], where)
+    return where

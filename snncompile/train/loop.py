@@ -190,10 +190,8 @@ def evaluate(
     if net is None:
         from .. import build
 
-        payload = ckpt.load(checkpoint, weights_ok=True)
         net = build(spec)
-        ckpt.check_spec(payload, net.graph.spec_json, str(checkpoint))
-        ckpt.load_weights(net, payload["model"], str(checkpoint))
+        ckpt.load_into(net, checkpoint)
     graph = net.graph
     test = load_split(
         graph,
