@@ -89,7 +89,7 @@ def exactness(spec_path: Path, log, device: str, batch: int = 128) -> dict:
             spk, mem, records = variant.model(bench.x, all_spikes=True)
         else:
             (spk, mem), records = variant.model(bench.x), None
-        loss = bench.loss(spk, mem, bench.y, records)
+        loss = (variant.loss or bench.loss)(spk, mem, bench.y, records)
         loss.backward()
         sync()
         results[variant.key] = {

@@ -214,6 +214,7 @@ class Variant:
     peak_bytes: int | None = None
     rss: dict | None = None
     infer: Callable | None = None  # inference override (onnxruntime)
+    loss: Callable | None = None  # its own loss function (native: loss.c)
 
 
 def snntorch_reason(graph) -> str | None:
@@ -384,6 +385,8 @@ class Bench:
             out += [onnx] if onnx is not None else []
         fused = not args.plain_optimizer
         for variant in out:
+            if variant.key == "native":  # as train runs it: the loss by loss.c
+                variant.loss = make_loss(graph, native=True)[0]
             if variant.trainable:
                 own = variant.key not in ("reference", "step")
                 parameters = variant.model.parameters()
@@ -453,7 +456,7 @@ class Bench:
             spk, mem, records = variant.model(self.x, all_spikes=True)
         else:
             (spk, mem), records = variant.model(self.x), None
-        loss = self.loss(spk, mem, self.y, records)
+        loss = (variant.loss or self.loss)(spk, mem, self.y, records)
         variant.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         variant.optimizer.step()

@@ -8,7 +8,7 @@ from test_fused import SURROGATES  # every surrogate, with arguments
 import snncompile
 from snncompile import native
 from snncompile.lower import optimize
-from snncompile.runtime import surrogates
+from snncompile.runtime import losses, surrogates
 from snncompile.runtime.fused import fused_leaky_linear
 from snncompile.runtime.neurons import Leaky
 
@@ -184,3 +184,59 @@ def test_unsupported_layers_keep_torch_compile():
     assert not kernels._fits(
         torch.zeros(3, 4, dtype=torch.float64), scalar.beta, scalar.threshold
     )
+
+
+@pytest.mark.parametrize("name", sorted(native.LOSSES))
+@pytest.mark.parametrize("spread", [0.1, 3.0, 60.0])
+def test_native_losses_match_torch(name, spread):
+    """loss.c's per-step cross entropies: the value and gradient of
+    runtime/losses.py's, from near-uniform to saturated softmax rows (exp
+    underflows), and only a forward under no_grad."""
+    torch.manual_seed(int(spread * 10))
+    logits = torch.randn(7, 12, 5) * spread
+    targets = torch.randint(0, 5, (12,))
+    grads, values = [], []
+    for function in (getattr(losses, name), native.LOSSES[name]):
+        x = logits.clone().requires_grad_()
+        value = function(x, x, targets)
+        value.backward()
+        values.append(value.detach())
+        grads.append(x.grad)
+        with torch.no_grad():
+            assert torch.equal(function(logits, logits, targets), value.detach())
+    torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+
+
+def test_native_cross_entropy_edges():
+    """Bad labels fail as torch's do; NaN spreads; float64 (which loss.c does
+    not take) runs torch's cross entropy."""
+    logits, targets = torch.randn(6, 4), torch.tensor([0, 3, 1])
+    for bad in (torch.tensor([0, 4, 1]), torch.tensor([-1, 0, 1])):
+        with pytest.raises(IndexError, match="out of bounds"):
+            native.cross_entropy(logits, bad, 1.0)
+    nan = logits.clone()
+    nan[4, 2] = float("nan")
+    assert native.cross_entropy(nan, targets, 1.0).isnan()
+    for x in (logits, logits.double()):
+        expected = torch.nn.functional.cross_entropy(
+            x, targets.repeat(2), reduction="sum"
+        )
+        torch.testing.assert_close(native.cross_entropy(x, targets, 0.5), expected / 2)
+
+
+def test_native_mode_takes_the_loss_from_loss_c(monkeypatch):
+    """make_loss(native=True), as train and bench use it in mode native, runs
+    loss.c for ce_membrane; the default runs runtime/losses.py."""
+    from snncompile.train.loop import make_loss
+
+    calls = []
+    apply = native.CrossEntropy.apply
+    monkeypatch.setattr(
+        native.CrossEntropy, "apply", lambda *a: calls.append(1) or apply(*a)
+    )
+    graph = snncompile.build(snncompile.load("specs/mnist_fc.yaml")).graph
+    mem, targets = torch.randn(25, 4, 10), torch.tensor([1, 2, 3, 4])
+    values = [make_loss(graph, native=flag)[0](mem, mem, targets) for flag in (0, 1)]
+    assert calls == [1]
+    torch.testing.assert_close(values[1], values[0])

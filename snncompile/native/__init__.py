@@ -1,4 +1,4 @@
-"""Native Leaky kernels: leaky.c, built with the system C compiler, run by ctypes.
+"""Native kernels (leaky.c, loss.c): built by the system C compiler, run by ctypes.
 
 `kernels()` returns a kernel provider for runtime/fused.py (a Leaky layer's
 `compiled` flag): its `scan` and `backward` take and return what leaky_scan and
@@ -6,6 +6,8 @@ leaky_backward do, by the C loops in leaky.c - the same float operations in the
 same order (identical spikes and membranes; gradients up to summation order).
 Where the C code does not apply (another device or dtype, per-neuron beta or
 threshold, a surrogate it does not know) they run the torch.compile'd kernels.
+`LOSSES` holds the per-step cross-entropy losses of runtime/losses.py computed by
+loss.c: the loss and its gradient in one pass (the same values up to rounding).
 
 Why: torch.compile fuses the same loops as well, but each new process pays for
 importing dynamo and inductor and for tracing the graphs again (about 4 s here
@@ -31,11 +33,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..runtime import surrogates
 from ..runtime.fused import leaky_backward, leaky_scan, torch_compiled
 
-SOURCE = Path(__file__).with_name("leaky.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("leaky.c", "loss.c")]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
 RESETS = {"subtract": 0, "zero": 1, "none": 2}
 # the surrogates leaky.c knows (its numbering), by their backward function
@@ -115,19 +118,21 @@ def _key(compiler: str) -> str:
         ).stdout
     except (OSError, subprocess.SubprocessError) as err:
         raise Unavailable(f"C compiler {compiler!r} does not run: {err}") from None
-    parts = (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode())
+    sources = [source.read_bytes() for source in SOURCES]
+    parts = (*sources, " ".join(FLAGS).encode(), version.encode())
     digest = hashlib.sha256(b"\0".join(parts) + _cpu().encode())
     return digest.hexdigest()[:16]
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile leaky.c into `target` (atomically), with OpenMP where it works."""
+    """Compile the sources into `target` (atomically), with OpenMP where it works."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         built = Path(work) / target.name
         errors = ""
         for openmp in (["-fopenmp"], []):
-            command = [compiler, *FLAGS, *openmp, str(SOURCE), "-o", str(built)]
+            sources = [str(source) for source in SOURCES]
+            command = [compiler, *FLAGS, *openmp, *sources, "-o", str(built)]
             try:
                 done = subprocess.run(
                     command, capture_output=True, text=True, check=False
@@ -139,15 +144,16 @@ def _build(compiler: str, target: Path) -> None:
                 return
             errors = done.stderr.strip()
         first = errors.splitlines()[0] if errors else "failed"
-        raise Unavailable(f"{compiler} could not build {SOURCE.name}: {first}")
+        names = " and ".join(source.name for source in SOURCES)
+        raise Unavailable(f"{compiler} could not build {names}: {first}")
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL:
-    """leaky.c as a loaded shared library, built first if not cached."""
+    """The kernels as a loaded shared library, built first if not cached."""
     started = time.perf_counter()
     compiler = _compiler()
-    target = cache_dir() / "native" / f"leaky-{_key(compiler)}.so"
+    target = cache_dir() / "native" / f"kernels-{_key(compiler)}.so"
     if not target.exists():
         try:
             _build(compiler, target)
@@ -182,6 +188,8 @@ def library() -> ctypes.CDLL:
         ptr, ptr, ptr, ptr, i64, ptr, ptr,  # incoming gradients, linear layer
         ptr, i32, ptr, i32,  # outputs
     ]  # fmt: skip
+    lib.snn_cross_entropy.restype = ctypes.c_int
+    lib.snn_cross_entropy.argtypes = [ptr, ptr, i64, i64, i64, f32, ptr, ptr]
     lib.snn_leaky_panels_fit.restype = ctypes.c_int
     lib.snn_leaky_panels_fit.argtypes = [i64, i32]
     lib.snn_leaky_backward_panels.restype = ctypes.c_int
@@ -343,3 +351,62 @@ class LeakyKernels:
             return grads
         flat = through[0].flatten(0, 1)
         return (*grads, flat.t().mm(spk_rec.flatten(0, 1)))
+
+
+# ------------------------------------------------------------------- losses
+class CrossEntropy(torch.autograd.Function):
+    """``scale * sum_r CE(logits[r], targets[r % B])`` by loss.c, for logits
+    [N, C] (N a multiple of B) and int64 targets [B] on the CPU. The forward
+    leaves the gradient; the backward scales it."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, scale):
+        logits, targets = logits.detach().contiguous(), targets.contiguous()
+        grad = logits.new_empty(logits.shape)  # scratch unless wanted
+        total = ctypes.c_double()
+        bad = library().snn_cross_entropy(
+            _ptr(logits), _ptr(targets), logits.shape[0], logits.shape[1],
+            targets.shape[0], float(scale), _ptr(grad), ctypes.byref(total),
+        )  # fmt: skip
+        if bad:
+            label, classes = int(targets[bad - 1]), logits.shape[1]
+            raise IndexError(f"Target {label} is out of bounds for {classes} classes.")
+        ctx.save_for_backward(grad if ctx.needs_input_grad[0] else None)
+        return logits.new_tensor(total.value)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None
+
+
+def cross_entropy(logits, targets, scale: float):
+    """``scale * sum_r CE(logits[r], targets[r % B])``, by loss.c where it fits
+    (CPU float32 logits [N, C] with N a multiple of B, int64 targets [B])."""
+    fits = (
+        logits.device.type == targets.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and targets.dtype == torch.int64
+        and logits.dim() == 2
+        and targets.dim() == 1
+        and targets.shape[0] > 0
+        and logits.shape[0] % targets.shape[0] == 0
+    )
+    if not fits:
+        repeats = logits.shape[0] // max(targets.shape[0], 1)
+        return F.cross_entropy(logits, targets.repeat(repeats), reduction="sum") * scale
+    return CrossEntropy.apply(logits, targets, scale)
+
+
+def loss_ce_membrane(spk, mem, targets):
+    """runtime/losses.py's loss_ce_membrane by loss.c: sum_t CE(mem[t], y)."""
+    return cross_entropy(mem.reshape(-1, mem.shape[-1]), targets, 1 / targets.shape[0])
+
+
+def loss_ce_rate(spk, mem, targets):
+    """runtime/losses.py's loss_ce_rate by loss.c: (1 / T) sum_t CE(spk[t], y)."""
+    rows = spk.reshape(-1, spk.shape[-1])
+    return cross_entropy(rows, targets, 1 / rows.shape[0])
+
+
+LOSSES = {"loss_ce_membrane": loss_ce_membrane, "loss_ce_rate": loss_ce_rate}

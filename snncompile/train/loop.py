@@ -117,10 +117,17 @@ def make_scheduler(optimizer, spec: Spec, per_epoch: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_loss(graph):
-    """loss(spk, mem, targets, records) from the registry, plus rate regularization."""
+def make_loss(graph, native: bool = False):
+    """loss(spk, mem, targets, records) from the registry, plus rate regularization;
+    `native`: by snncompile/native's loss.c where it has the loss (compile mode
+    native; the same values up to rounding)."""
     params = dict(graph.loss)
-    function = getattr(losses, registry.LOSSES[params.pop("type")])
+    name = registry.LOSSES[params.pop("type")]
+    function = getattr(losses, name)
+    if native:
+        from .. import native as kernels
+
+        function = kernels.LOSSES.get(name, function)
     regularization = params.pop("rate_regularization", None)
     regularization = dict(regularization) if regularization else None
 
@@ -335,7 +342,6 @@ def train(
         )
     optimizer = make_optimizer(net.parameters(), spec)
     scheduler = make_scheduler(optimizer, spec, per_epoch, per_epoch * cfg.epochs)
-    loss_of, need_records = make_loss(graph)
     decode = getattr(decoders, registry.DECODERS[graph.decoding])
 
     run_dir = _run_dir(out, resume, spec.name)
@@ -359,6 +365,7 @@ def train(
         print(f"warning: {problem}", file=sys.stderr)
     compiled = compile != "none"
     model = optimize.apply(net, compile)  # compiled kernels on top (optimize.MODES)
+    loss_of, need_records = make_loss(graph, native=compile == "native")
 
     def state(epoch, step, partial=None):
         return {
