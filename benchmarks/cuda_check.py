@@ -123,7 +123,7 @@ def exactness(spec_path: Path, log, device: str, batch: int = 128) -> dict:
             entry["max_grad_diff_rel"] = worst
         loss_ok = torch.allclose(got["loss"], ref["loss"], rtol=1e-4, atol=1e-6)
         grads_ok = entry.get("max_grad_diff_rel", 0.0) < 1e-3
-        entry["passed"] = bool(entry["spikes_equal"] and loss_ok and grads_ok)
+        entry["passed"] = bool(entry["spikes_match"] and loss_ok and grads_ok)
         if random:
             entry["informative"] = "random encoding or dropout: draws differ"
         elif not entry["passed"]:

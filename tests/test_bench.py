@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from snncompile.cli import main
 
@@ -112,3 +113,29 @@ def test_bench_on_cuda(tmp_path, capsys):
     assert report["exactness"]["passed"]
     assert "onnx" not in {r["key"] for r in report["rows"]}
     assert all(r["peak_train_mb"] > 0 for r in report["rows"])
+
+
+def test_compare_outputs_counts_near_threshold_partings():
+    """An output neuron that fires in one run and not the other where the two
+    membranes agree to rounding is counted, not failed; one where they differ
+    more, or any hidden-layer difference, is a real difference."""
+    from snncompile.bench import compare_outputs
+
+    mem = torch.tensor([[[0.5, 0.2]], [[1.0000001, 0.3]], [[0.4, 0.9]]])
+    spk = (mem > 1.0).float()
+    close = mem.clone()
+    close[1, 0, 0] = 0.9999999  # rounding decides: below the threshold
+    close[2, 0, 0] = 1.4  # and after the parting, anything
+    records = {"hidden": torch.ones(3, 1, 4)}
+    entry = compare_outputs(
+        ((close > 1.0).float(), close, records), (spk, mem, records)
+    )
+    assert not entry["spikes_equal"] and entry["spikes_match"]
+    assert entry["near_threshold"] == 1
+    far = mem.clone()
+    far[1, 0, 0] = 0.5
+    entry = compare_outputs(((far > 1.0).float(), far, None), (spk, mem, None))
+    assert not entry["spikes_match"] and entry["near_threshold"] == 0
+    other = {"hidden": torch.zeros(3, 1, 4)}
+    entry = compare_outputs((spk, mem, other), (spk, mem, records))
+    assert entry["spikes_match"] is False
