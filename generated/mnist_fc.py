@@ -262,6 +262,19 @@ def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
     return kernels[function]
 
 
+def scan_linear(compiled, args, weight, bias):
+    """(spk, mem, out) of the scan kernel that `compiled` selects, for args (cur,
+    b, threshold, steps, reset, record): out = the linear layer (weight, bias)
+    over the spikes where the provider forms it in its loop (its `scan_linear`),
+    else None. Detached: for the forward of a node or under no_grad."""
+    both = getattr(compiled, "scan_linear", None) if weight is not None else None
+    if both is not None:
+        result = both(*args, weight.detach(), bias if bias is None else bias.detach())
+        if result is not None:
+            return result
+    return (*leaky_kernels(compiled)[0](*args), None)
+
+
 def leaky_kernels(compiled):
     """The (scan, backward) kernels a truthy `compiled` flag selects: leaky_scan
     and leaky_backward through torch.compile (True), or a provider's own."""
@@ -297,16 +310,15 @@ class LeakySequence(torch.autograd.Function):
         elif constant and large:
             stride = max(1, round(length**0.5))
         keep = record or not stride  # the membrane record is needed
+        out = None
         if compiled:  # detached: the same compiled graph as inference's call
-            scan = leaky_kernels(compiled)[0]
-            args = (cur.detach(), b.detach(), threshold.detach())
-            spk_rec, mem_rec = scan(*args, steps, reset, keep)
+            args = (cur.detach(), b.detach(), threshold.detach(), steps, reset, keep)
+            spk_rec, mem_rec, out = scan_linear(compiled, args, weight, bias)
             saved = cur.new_empty((0, *shape))
         else:
             run = leaky_run(cur, b, threshold, steps, reset, keep, stride)
             spk_rec, mem_rec, saved = run
-        out = None
-        if weight is not None:  # exactly time_batched(linear, spk): one addmm
+        if weight is not None and out is None:  # time_batched(linear, spk): addmm
             flat = spk_rec.flatten(0, 1)
             out = (
                 flat.mm(weight.t())
@@ -436,10 +448,8 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
         threshold = neuron.threshold.detach()  # as in training: one graph
         args = (cur, b.detach(), threshold, steps, neuron.reset_mode)
         if compiled:
-            spk, mem = leaky_kernels(compiled)[0](*args, record_mem)
-        else:
-            spk, mem = leaky_run(*args, record_mem)[:2]
-        return spk, mem, None
+            return scan_linear(compiled, (*args, record_mem), weight, bias)
+        return (*leaky_run(*args, record_mem)[:2], None)
     surrogate = None if neuron.hard else neuron.surrogate
     options = (
         neuron.reset_mode,

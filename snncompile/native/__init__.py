@@ -4,6 +4,8 @@
 `compiled` flag): its `scan` and `backward` take and return what leaky_scan and
 leaky_backward do, by the C loops in leaky.c - the same float operations in the
 same order (identical spikes and membranes; gradients up to summation order).
+Its `scan_linear` also forms the linear layer after a hidden layer in the
+forward's loop, in its own summation order (values to rounding).
 Where the C code does not apply (another device or dtype, per-neuron beta or
 threshold, a surrogate it does not know) they run the torch.compile'd kernels.
 `LOSSES` holds the per-step cross-entropy losses of runtime/losses.py computed by
@@ -190,6 +192,11 @@ def library() -> ctypes.CDLL:
     ]  # fmt: skip
     lib.snn_cross_entropy.restype = ctypes.c_int
     lib.snn_cross_entropy.argtypes = [ptr, ptr, i64, i64, i64, f32, ptr, ptr]
+    lib.snn_leaky_forward_linear.restype = ctypes.c_int
+    lib.snn_leaky_forward_linear.argtypes = [
+        ptr, i32, i64, i64, i64, f32, f32, i32, ptr, ptr,  # as snn_leaky_forward
+        ptr, ptr, i64, ptr, i32,  # linear layer, output, threads
+    ]  # fmt: skip
     lib.snn_leaky_panels_fit.restype = ctypes.c_int
     lib.snn_leaky_panels_fit.argtypes = [i64, i32]
     lib.snn_leaky_backward_panels.restype = ctypes.c_int
@@ -264,6 +271,37 @@ class LeakyKernels:
             torch.get_num_threads(),
         )  # fmt: skip
         return spk, mem
+
+    def scan_linear(self, cur, b, threshold, steps, reset, record, weight, bias):
+        """scan(...)'s (spk, mem) and the linear layer over the spikes, out =
+        spk @ weight.T + bias [T, B, K], by leaky.c in one pass (the weights of
+        the neurons that fired summed in order: a BLAS product's values up to
+        rounding); None where it does not apply (then: scan and a product)."""
+        constant = steps is not None
+        shape = cur.shape if constant else cur.shape[1:]
+        params = [weight] if bias is None else [weight, bias]
+        fits = self._fits(cur, b, threshold) and len(shape) >= 2
+        fits = fits and all(
+            p.device.type == "cpu" and p.dtype == torch.float32 for p in params
+        )
+        if not fits or weight.dim() != 2 or weight.shape[1] != shape[1:].numel():
+            return None
+        steps = steps if constant else cur.shape[0]
+        cur = cur.detach().contiguous()
+        weight = weight.detach().contiguous()
+        bias = None if bias is None else bias.detach().contiguous()
+        spk = cur.new_empty((steps, *shape))
+        mem = cur.new_empty((steps, *shape)) if record else None
+        out = cur.new_empty((steps, shape[0], weight.shape[0]))
+        status = self.lib.snn_leaky_forward_linear(
+            _ptr(cur), constant, steps, shape[0], shape[1:].numel(),
+            float(b), float(threshold), RESETS[reset], _ptr(spk), _ptr(mem),
+            _ptr(weight), _ptr(bias), weight.shape[0], _ptr(out),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if status < 0:
+            raise MemoryError("snn_leaky_forward_linear: out of memory")
+        return None if status else (spk, mem, out)
 
     def backward(
         self, cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options

@@ -569,3 +569,174 @@ int snn_leaky_backward(const float *cur, int constant, const float *spk,
   out_sums[1] = thr_total;
   return failed ? -1 : 0;
 }
+
+/* Forward of a Leaky layer and the linear layer its spikes feed, in one pass:
+ * spk [T, rows, cols] (and mem, unless NULL) exactly as snn_leaky_forward, and
+ * out [T, rows, k_out] = spk[t, r] @ weight^T + bias, weight [k_out, cols],
+ * bias [k_out] or NULL, k_out <= PANEL_K. A spike is 0 or 1, so an output is
+ * the sum of the weights of the neurons that fired: per row and step, their
+ * numbers are listed (in order, without branches) as the neurons are updated,
+ * then their weight columns are added, the i-th into sum i mod 4, the four
+ * sums as (0 + 1) + (2 + 3), then the bias. The order is fixed: the result
+ * does not depend on the thread count; it may differ from a BLAS product's by
+ * rounding. The spike record is not read again (a matrix product over it is
+ * skinny and slow here). Returns 0; 1 (nothing done) when k_out does not fit;
+ * -1 when out of memory. */
+
+/* Append (col + j) * kv for the lanes j < n of `test` that are true (kv: 1 or
+ * 2); returns how many. The list needs LANES entries of room past its end. */
+static inline int list_lanes(vi test, int n, int32_t col, int32_t kv,
+                             int32_t *list) {
+#if defined(__AVX512F__)
+  const __mmask16 mask =
+      _mm512_test_epi32_mask((__m512i)test, (__m512i)test) & ((1u << n) - 1);
+  const __m512i lanes = _mm512_mullo_epi32(
+      _mm512_add_epi32(_mm512_set1_epi32(col),
+                       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
+                                        4, 3, 2, 1, 0)),
+      _mm512_set1_epi32(kv));
+  _mm512_storeu_si512(list, _mm512_maskz_compress_epi32(mask, lanes));
+  return __builtin_popcount(mask);
+#else
+  int count = 0;
+  for (int j = 0; j < n; j++) {
+    list[count] = (col + j) * kv;
+    count += test[j] & 1;
+  }
+  return count;
+#endif
+}
+
+/* unaligned vector loads and stores of floats, without taking addresses */
+typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
+                                 may_alias));
+
+/* One row's step of the neurons for snn_leaky_forward_linear: panels of LANES
+ * columns (the last may be partial), state and flag updated, spikes (and
+ * membranes when `record`) stored, the fired neurons listed; returns how many
+ * fired. `reset` and `record` are constants where inlined. */
+static inline __attribute__((always_inline)) int64_t linear_step(
+    const int reset, const int record, const float *in, int64_t cols,
+    vf *state, vf *flag, float b, float thr, float *spk, float *mem,
+    int32_t kv, int32_t *list) {
+  const int64_t full = cols / LANES;
+  const vf zero = {0};
+  int64_t fired = 0;
+  for (int64_t p = 0; p <= full; p++) {
+    const int64_t col = p * LANES;
+    const int n = p < full ? LANES : (int)(cols - col);
+    if (n == 0) break;
+    vf x = zero, st = state[p];
+    if (p < full) {
+      x = *(const vfu *)(in + col);
+    } else {
+      memcpy(&x, in + col, n * sizeof(float));
+    }
+    if (reset == 1) {
+      st = b * ((1.0f - flag[p]) * st) + x;
+    } else {
+      st = b * st + x;
+      if (reset == 0) st = st - flag[p] * thr;
+    }
+    const vi test = st - thr > 0.0f;
+    const vf spikes = ones_where(test);
+    state[p] = st;
+    flag[p] = spikes;
+    if (p < full) {
+      *(vfu *)(spk + col) = spikes;
+      if (record) *(vfu *)(mem + col) = st;
+    } else {
+      memcpy(spk + col, &spikes, n * sizeof(float));
+      if (record) memcpy(mem + col, &st, n * sizeof(float));
+    }
+    fired += list_lanes(test, n, (int32_t)col, kv, list + fired);
+  }
+  return fired;
+}
+
+int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
+                             int64_t rows, int64_t cols, float b, float thr,
+                             int reset, float *spk, float *mem,
+                             const float *weight, const float *bias,
+                             int64_t k_out, float *out, int threads) {
+  const int64_t panels = (cols + LANES - 1) / LANES, numel = rows * cols;
+  const int64_t kv = (k_out + LANES - 1) / LANES; /* vectors per neuron */
+  const vf zero = {0};
+  const vf first = zero + ((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
+  if (k_out < 1 || k_out > PANEL_K || cols > INT32_MAX / 2 - LANES) return 1;
+  vf *columns = NULL; /* [cols, kv]: neuron c's k_out weights, zero past */
+  if (posix_memalign((void **)&columns, sizeof(vf), cols * kv * sizeof(vf))) {
+    return -1;
+  }
+  memset(columns, 0, cols * kv * sizeof(vf));
+  for (int64_t k = 0; k < k_out; k++) {
+    for (int64_t c = 0; c < cols; c++) {
+      ((float *)(columns + c * kv))[k] = weight[k * cols + c];
+    }
+  }
+  const int mode = reset * 2 + (mem != NULL);
+  int failed = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    /* one row's state and flag per panel, and one step's list of spikes */
+    vf *work = NULL;
+    int32_t *list = malloc((cols + LANES) * sizeof(int32_t));
+    if (posix_memalign((void **)&work, sizeof(vf), 2 * panels * sizeof(vf))) {
+      work = NULL;
+    }
+    if (!work || !list) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; row++) {
+      int stop;
+#pragma omp atomic read
+      stop = failed;
+      if (stop) continue; /* every thread still meets the loop's barrier */
+      vf *state = work, *flag = work + panels;
+      for (int64_t p = 0; p < panels; p++) {
+        state[p] = zero;
+        flag[p] = first;
+      }
+      for (int64_t t = 0; t < steps; t++) {
+        const int64_t at = t * numel + row * cols;
+        const float *in = cur + (constant ? row * cols : at);
+        float *s = spk + at, *m = mem ? mem + at : NULL;
+        int64_t fired;
+        switch (mode) { /* a loop for each reset, with and without record */
+          case 0: fired = linear_step(0, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
+          case 1: fired = linear_step(0, 1, in, cols, state, flag, b, thr, s, m, kv, list); break;
+          case 2: fired = linear_step(1, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
+          case 3: fired = linear_step(1, 1, in, cols, state, flag, b, thr, s, m, kv, list); break;
+          case 4: fired = linear_step(2, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
+          default: fired = linear_step(2, 1, in, cols, state, flag, b, thr, s, m, kv, list);
+        }
+        float *o = out + (t * rows + row) * k_out;
+        for (int64_t j = 0; j < kv; j++) { /* the weights of those that fired */
+          const vf *w = columns + j;
+          vf s0 = zero, s1 = zero, s2 = zero, s3 = zero; /* i-th: sum i mod 4 */
+          int64_t i = 0;
+          for (; i + 4 <= fired; i += 4) {
+            s0 += w[list[i]];
+            s1 += w[list[i + 1]];
+            s2 += w[list[i + 2]];
+            s3 += w[list[i + 3]];
+          }
+          if (i < fired) s0 += w[list[i]];
+          if (i + 1 < fired) s1 += w[list[i + 1]];
+          if (i + 2 < fired) s2 += w[list[i + 2]];
+          const vf total = (s0 + s1) + (s2 + s3);
+          const int64_t n = k_out - j * LANES < LANES ? k_out - j * LANES : LANES;
+          for (int64_t k = 0; k < n; k++) {
+            o[j * LANES + k] = bias ? total[k] + bias[j * LANES + k] : total[k];
+          }
+        }
+      }
+    }
+    free(work);
+    free(list);
+  }
+  free(columns);
+  return failed ? -1 : 0;
+}
