@@ -31,6 +31,21 @@
 
 #define BLOCK 256
 
+/* A parallel region's shared failure flag (a thread could not allocate its
+ * buffers): set by that thread, read by all before each work item, so that
+ * every thread still reaches the loop's barrier and the call returns -1. */
+static inline void set_failed(int *failed) {
+#pragma omp atomic write
+  *failed = 1;
+}
+
+static inline int has_failed(int *failed) {
+  int stop;
+#pragma omp atomic read
+  stop = *failed;
+  return stop;
+}
+
 /* Records are [T, E]: a block reads a short piece of each step, too short for
  * the hardware prefetcher, so the loops ask for the pieces they read next (the
  * forward: the next step's; the backward: the next block's, every step). */
@@ -467,16 +482,10 @@ static int backward_panels(const Backward *p, float *grad_weight, int threads,
     if (posix_memalign((void **)&work, sizeof(vf), size)) {
       work = NULL;
     }
-    if (!work) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    if (!work) set_failed(&failed);
 #pragma omp for schedule(static)
     for (int64_t panel = 0; panel < panels; panel++) {
-      int stop;
-#pragma omp atomic read
-      stop = failed;
-      if (stop) continue; /* every thread still meets the loop's barrier */
+      if (has_failed(&failed)) continue; /* each thread meets the barrier */
       switch (p->surrogate) { /* specialized loops for the common surrogates */
         case 1: backward_panel(1, p, panel, work, grad_weight, &b_total, &thr_total); break;
         case 2: backward_panel(2, p, panel, work, grad_weight, &b_total, &thr_total); break;
@@ -533,10 +542,7 @@ int snn_leaky_backward(const float *cur, int constant, const float *spk,
 #pragma omp parallel num_threads(threads) reduction(+ : b_total, thr_total)
   {
     float *buffer = (!mem) ? malloc(steps * BLOCK * sizeof(float)) : NULL;
-    if (!mem && !buffer) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    if (!mem && !buffer) set_failed(&failed);
     float *weight_part = NULL;
 #ifdef _OPENMP
     if (grad_weight) weight_part = scratch + omp_get_thread_num() * k_out * cols;
@@ -545,10 +551,7 @@ int snn_leaky_backward(const float *cur, int constant, const float *spk,
 #endif
 #pragma omp for schedule(static)
     for (int64_t block = 0; block < blocks; block++) {
-      int stop;
-#pragma omp atomic read
-      stop = failed;
-      if (stop) continue; /* every thread still meets the loop's barrier */
+      if (has_failed(&failed)) continue; /* each thread meets the barrier */
       switch (p.surrogate) { /* specialized loops for the common surrogates */
         case 1: backward_block(1, &p, block, buffer, weight_part, &b_total, &thr_total); break;
         case 2: backward_block(2, &p, block, buffer, weight_part, &b_total, &thr_total); break;
@@ -569,19 +572,6 @@ int snn_leaky_backward(const float *cur, int constant, const float *spk,
   out_sums[1] = thr_total;
   return failed ? -1 : 0;
 }
-
-/* Forward of a Leaky layer and the linear layer its spikes feed, in one pass:
- * spk [T, rows, cols] (and mem, unless NULL) exactly as snn_leaky_forward, and
- * out [T, rows, k_out] = spk[t, r] @ weight^T + bias, weight [k_out, cols],
- * bias [k_out] or NULL, k_out <= PANEL_K. A spike is 0 or 1, so an output is
- * the sum of the weights of the neurons that fired: per row and step, their
- * numbers are listed (in order, without branches) as the neurons are updated,
- * then their weight columns are added, the i-th into sum i mod 4, the four
- * sums as (0 + 1) + (2 + 3), then the bias. The order is fixed: the result
- * does not depend on the thread count; it may differ from a BLAS product's by
- * rounding. The spike record is not read again (a matrix product over it is
- * skinny and slow here). Returns 0; 1 (nothing done) when k_out does not fit;
- * -1 when out of memory. */
 
 /* Append (col + j) * kv for the lanes j < n of `test` that are true (kv: 1 or
  * 2); returns how many. The list needs LANES entries of room past its end. */
@@ -654,6 +644,18 @@ static inline __attribute__((always_inline)) int64_t linear_step(
   return fired;
 }
 
+/* Forward of a Leaky layer and the linear layer its spikes feed, in one pass:
+ * spk [T, rows, cols] (and mem, unless NULL) exactly as snn_leaky_forward, and
+ * out [T, rows, k_out] = spk[t, r] @ weight^T + bias, weight [k_out, cols],
+ * bias [k_out] or NULL, k_out <= PANEL_K. A spike is 0 or 1, so an output is
+ * the sum of the weights of the neurons that fired: per row and step, their
+ * numbers are listed (in order, without branches) as the neurons are updated,
+ * then their weight columns are added, the i-th into sum i mod 4, the four
+ * sums as (0 + 1) + (2 + 3), then the bias. The order is fixed: the result
+ * does not depend on the thread count; it may differ from a BLAS product's by
+ * rounding. The spike record is not read again (a matrix product over it is
+ * skinny and slow here). Returns 0; 1 (nothing done) when k_out does not fit;
+ * -1 when out of memory. */
 int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
                              int64_t rows, int64_t cols, float b, float thr,
                              int reset, float *spk, float *mem,
@@ -684,16 +686,10 @@ int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
     if (posix_memalign((void **)&work, sizeof(vf), 2 * panels * sizeof(vf))) {
       work = NULL;
     }
-    if (!work || !list) {
-#pragma omp atomic write
-      failed = 1;
-    }
+    if (!work || !list) set_failed(&failed);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; row++) {
-      int stop;
-#pragma omp atomic read
-      stop = failed;
-      if (stop) continue; /* every thread still meets the loop's barrier */
+      if (has_failed(&failed)) continue; /* each thread meets the barrier */
       vf *state = work, *flag = work + panels;
       for (int64_t p = 0; p < panels; p++) {
         state[p] = zero;
