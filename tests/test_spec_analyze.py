@@ -230,3 +230,17 @@ def test_specs_built_in_code_report_without_positions():
     data["layers"] = [{"type": "linear", "out_features": 3}, {"type": "leaky"}]
     (problem,) = analysis_problems(Spec.model_validate(data))
     assert problem.line is None and problem.path == ("layers", 0)
+
+
+@pytest.mark.parametrize("given, expected", [(None, 48), (200, 200)])
+def test_eval_batch_size_resolves_once_in_the_ir(given, expected):
+    """train.eval_batch_size defaults to the training batch size in the IR,
+    which train, export and codegen all read."""
+    train = {"dataset": "synthetic", "batch_size": 48}
+    if given is not None:
+        train["eval_batch_size"] = given
+    layers = [{"type": "flatten"}, {"type": "linear", "out_features": 3}]
+    layers.append({"type": "leaky"})
+    graph = analyze(spec_with(layers, train=train))
+    assert graph.train["eval_batch_size"] == expected
+    assert graph.train["batch_size"] == 48

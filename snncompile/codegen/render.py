@@ -583,7 +583,7 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         "limit_train": lit(train["limit_train"]),
         "limit_test": lit(train["limit_test"]),
         "batch_size": lit(train["batch_size"]),
-        "eval_batch_size": lit(train["eval_batch_size"] or train["batch_size"]),
+        "eval_batch_size": lit(train["eval_batch_size"]),
         "eval_every": train["eval_every"],
         "normalize": _normalize(graph),
         "net": net.rstrip() + "\n",

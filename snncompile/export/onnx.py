@@ -432,7 +432,6 @@ def evaluate_onnx(
     import snncompile
 
     from ..train.data import load_split
-    from ..train.loop import eval_batch_size
     from .verify import encode_inputs, run_session, session
 
     spec = _spec(spec)
@@ -462,7 +461,7 @@ def evaluate_onnx(
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(spec.train.seed)
-        for raw, labels in test.batches(batch_size or eval_batch_size(spec)):
+        for raw, labels in test.batches(batch_size or graph.train["eval_batch_size"]):
             scores = run_session(sess, graph, mode, encode_inputs(graph, raw))[0]
             correct += int((scores.argmax(-1) == labels).sum())
     return {

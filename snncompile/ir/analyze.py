@@ -375,10 +375,16 @@ def analyze(spec: Spec) -> Graph:
         nodes=tuple(nodes),
         decoding=data["decoding"]["type"],
         loss=freeze(data["loss"]),
-        train=freeze(data["train"]),
+        train=freeze(_train(data["train"])),
         num_classes=last.out_shape[0],
         spec_json=spec.model_dump_json(),
     )
+
+
+def _train(train: dict) -> dict:
+    """The spec's `train` with its defaults that depend on other fields resolved
+    (eval_batch_size: the training batch size), once for every backend."""
+    return {**train, "eval_batch_size": train["eval_batch_size"] or train["batch_size"]}
 
 
 def _check_output(chk: _Checker, data: dict, nodes: list, shape, classes) -> None:

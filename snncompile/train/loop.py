@@ -87,11 +87,6 @@ def make_optimizer(params, spec: Spec, fused: bool = True) -> torch.optim.Optimi
         raise UserError(f"train.optimizer: {err}") from None
 
 
-def eval_batch_size(spec: Spec) -> int:
-    """train.eval_batch_size, by default the training batch size."""
-    return spec.train.eval_batch_size or spec.train.batch_size
-
-
 def make_scheduler(optimizer, spec: Spec, per_epoch: int, total: int):
     """One LambdaLR stepped every iteration; the factor depends on the iteration."""
     schedule = spec.train.schedule
@@ -211,7 +206,7 @@ def evaluate(
     net.to(device)
     start = time.perf_counter()
     result = run_evaluation(
-        net, test, graph, eval_batch_size(spec), spec.train.seed, device
+        net, test, graph, graph.train["eval_batch_size"], spec.train.seed, device
     )
     result.update(
         name=spec.name, device=str(device), seconds=time.perf_counter() - start
@@ -490,7 +485,12 @@ def train(
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 started = time.perf_counter()
                 result = run_evaluation(
-                    model, test_split, graph, eval_batch_size(spec), cfg.seed, device
+                    model,
+                    test_split,
+                    graph,
+                    graph.train["eval_batch_size"],
+                    cfg.seed,
+                    device,
                 )
                 entry.update(
                     test_loss=result["test_loss"],
