@@ -306,6 +306,36 @@ static inline vf splat(float x) {
 }
 #endif
 
+/* unaligned vector loads and stores of floats, without taking addresses */
+typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
+                                 may_alias));
+
+/* the first n <= LANES floats of a vector: loaded (the other lanes 0), and
+ * stored (the other floats untouched); a library call of memcpy costs more than
+ * these loads and stores in the loops over steps and rows */
+static inline vf load_lanes(const float *from, int n) {
+  if (n == LANES) return (vf) * (const vfu *)from;
+#if defined(__AVX512F__)
+  return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), from);
+#else
+  vf v = {0};
+  for (int j = 0; j < n; j++) v[j] = from[j];
+  return v;
+#endif
+}
+
+static inline void store_lanes(float *to, vf v, int n) {
+  if (n == LANES) {
+    *(vfu *)to = v;
+    return;
+  }
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(to, (__mmask16)((1u << n) - 1), (__m512)v);
+#else
+  for (int j = 0; j < n; j++) to[j] = v[j];
+#endif
+}
+
 static inline __attribute__((always_inline)) vf panel_surrogate(
     const int kind, vf x, vf g, float a0) {
   const vf zero = {0};
@@ -352,9 +382,9 @@ static inline __attribute__((always_inline)) void panel_rows(
                *restrict sent = work + 2 * steps * R;
   vf in[R], state[R], flag[R];
   for (int r = 0; r < R; r++) {
-    in[r] = state[r] = zero;
+    in[r] = load_lanes(p->cur + (row0 + r) * cols + col, n);
+    state[r] = zero;
     flag[r] = first;
-    memcpy(&in[r], p->cur + (row0 + r) * cols + col, n * sizeof(float));
   }
   for (int64_t t = 0; t < steps; t++) { /* the forward, exactly */
     for (int r = 0; r < R; r++) {
@@ -421,7 +451,7 @@ static inline __attribute__((always_inline)) void panel_rows(
   }
   for (int r = 0; r < R; r++) {
     if (p->grad_cur) {
-      memcpy(p->grad_cur + (row0 + r) * cols + col, &total[r], n * sizeof(float));
+      store_lanes(p->grad_cur + (row0 + r) * cols + col, total[r], n);
     }
     sums[0] += b_acc[r];
     sums[1] += fire_acc[r];
@@ -439,8 +469,8 @@ static inline __attribute__((always_inline)) void backward_panel(
   const vf zero = {0};
   vf weight[PANEL_K], acc[PANEL_K], sums[3] = {zero, zero, zero};
   for (int64_t k = 0; k < k_out; k++) {
-    weight[k] = acc[k] = zero;
-    memcpy(&weight[k], p->through_weight + k * cols + col, n * sizeof(float));
+    weight[k] = load_lanes(p->through_weight + k * cols + col, n);
+    acc[k] = zero;
   }
   vf *accs = grad_weight ? acc : NULL;
   const int full = p->sums || p->reset == 1;
@@ -461,7 +491,7 @@ static inline __attribute__((always_inline)) void backward_panel(
   }
   if (grad_weight) {
     for (int64_t k = 0; k < k_out; k++) {
-      memcpy(grad_weight + k * cols + col, &acc[k], n * sizeof(float));
+      store_lanes(grad_weight + k * cols + col, acc[k], n);
     }
   }
   if (p->sums) {
@@ -597,10 +627,6 @@ static inline int list_lanes(vi test, int n, int32_t col, int32_t kv,
 #endif
 }
 
-/* unaligned vector loads and stores of floats, without taking addresses */
-typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
-                                 may_alias));
-
 /* One row's step of the neurons for snn_leaky_forward_linear: panels of LANES
  * columns (the last may be partial), state and flag updated, spikes (and
  * membranes when `record`) stored, the fired neurons listed; returns how many
@@ -610,18 +636,13 @@ static inline __attribute__((always_inline)) int64_t linear_step(
     vf *state, vf *flag, float b, float thr, float *spk, float *mem,
     int32_t kv, int32_t *list) {
   const int64_t full = cols / LANES;
-  const vf zero = {0};
   int64_t fired = 0;
   for (int64_t p = 0; p <= full; p++) {
     const int64_t col = p * LANES;
     const int n = p < full ? LANES : (int)(cols - col);
     if (n == 0) break;
-    vf x = zero, st = state[p];
-    if (p < full) {
-      x = *(const vfu *)(in + col);
-    } else {
-      memcpy(&x, in + col, n * sizeof(float));
-    }
+    const vf x = load_lanes(in + col, n);
+    vf st = state[p];
     if (reset == 1) {
       st = b * ((1.0f - flag[p]) * st) + x;
     } else {
@@ -632,13 +653,8 @@ static inline __attribute__((always_inline)) int64_t linear_step(
     const vf spikes = ones_where(test);
     state[p] = st;
     flag[p] = spikes;
-    if (p < full) {
-      *(vfu *)(spk + col) = spikes;
-      if (record) *(vfu *)(mem + col) = st;
-    } else {
-      memcpy(spk + col, &spikes, n * sizeof(float));
-      if (record) memcpy(mem + col, &st, n * sizeof(float));
-    }
+    store_lanes(spk + col, spikes, n);
+    if (record) store_lanes(mem + col, st, n);
     fired += list_lanes(test, n, (int32_t)col, kv, list + fired);
   }
   return fired;
