@@ -192,6 +192,8 @@ def library() -> ctypes.CDLL:
     ]  # fmt: skip
     lib.snn_cross_entropy.restype = ctypes.c_int
     lib.snn_cross_entropy.argtypes = [ptr, ptr, i64, i64, i64, f32, ptr, ptr]
+    lib.snn_leaky_forward_linear_fits.restype = ctypes.c_int
+    lib.snn_leaky_forward_linear_fits.argtypes = [i64]
     lib.snn_leaky_forward_linear.restype = ctypes.c_int
     lib.snn_leaky_forward_linear.argtypes = [
         ptr, i32, i64, i64, i64, f32, f32, i32, ptr, ptr,  # as snn_leaky_forward
@@ -284,7 +286,8 @@ class LeakyKernels:
         fits = fits and all(
             p.device.type == "cpu" and p.dtype == torch.float32 for p in params
         )
-        if not fits or weight.dim() != 2 or weight.shape[1] != shape[1:].numel():
+        fits = fits and weight.dim() == 2 and weight.shape[1] == shape[1:].numel()
+        if not (fits and self.lib.snn_leaky_forward_linear_fits(weight.shape[0])):
             return None
         steps = steps if constant else cur.shape[0]
         cur = cur.detach().contiguous()

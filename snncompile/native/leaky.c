@@ -5,7 +5,10 @@
  * the eager kernels and to snnTorch's step loop; gradients agree up to float
  * summation order. Build with -ffp-contract=off (no fused multiply-add: each
  * product rounds on its own, as in PyTorch's elementwise kernels); only the
- * panel backward's matrix-product sums use explicit fused multiply-adds.
+ * panel backward's matrix-product sums use explicit fused multiply-adds. The
+ * forward can also form the linear layer after a hidden layer
+ * (snn_leaky_forward_linear): that sum runs in its own order, so its outputs
+ * agree with a BLAS product's to rounding, not bit for bit.
  *
  * Layout: a step holds E = rows * cols elements, row-major; records are [T, E].
  * Elements are independent, so work is split into blocks of one row and up to
@@ -314,7 +317,7 @@ typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
  * stored (the other floats untouched); a library call of memcpy costs more than
  * these loads and stores in the loops over steps and rows */
 static inline vf load_lanes(const float *from, int n) {
-  if (n == LANES) return (vf) * (const vfu *)from;
+  if (n == LANES) return (vf)(*(const vfu *)from);
 #if defined(__AVX512F__)
   return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), from);
 #else
@@ -670,8 +673,12 @@ static inline __attribute__((always_inline)) int64_t linear_step(
  * sums as (0 + 1) + (2 + 3), then the bias. The order is fixed: the result
  * does not depend on the thread count; it may differ from a BLAS product's by
  * rounding. The spike record is not read again (a matrix product over it is
- * skinny and slow here). Returns 0; 1 (nothing done) when k_out does not fit;
- * -1 when out of memory. */
+ * skinny and slow here). Returns 0; 1 (nothing done) when k_out does not fit
+ * (snn_leaky_forward_linear_fits); -1 when out of memory. */
+int snn_leaky_forward_linear_fits(int64_t k_out) {
+  return k_out >= 1 && k_out <= PANEL_K;
+}
+
 int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
                              int64_t rows, int64_t cols, float b, float thr,
                              int reset, float *spk, float *mem,
@@ -681,7 +688,9 @@ int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
   const int64_t kv = (k_out + LANES - 1) / LANES; /* vectors per neuron */
   const vf zero = {0};
   const vf first = zero + ((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
-  if (k_out < 1 || k_out > PANEL_K || cols > INT32_MAX / 2 - LANES) return 1;
+  if (!snn_leaky_forward_linear_fits(k_out) || cols > INT32_MAX / 2 - LANES) {
+    return 1;
+  }
   vf *columns = NULL; /* [cols, kv]: neuron c's k_out weights, zero past */
   if (posix_memalign((void **)&columns, sizeof(vf), cols * kv * sizeof(vf))) {
     return -1;
