@@ -126,15 +126,25 @@ def _key(compiler: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _flag_sets() -> list[list[str]]:
+    """The flags to try in turn: FLAGS with OpenMP, FLAGS alone, then both
+    without -march=native (a compiler or CPU it does not know: portable code,
+    vectorized for the baseline instruction set only)."""
+    portable = [flag for flag in FLAGS if flag != "-march=native"]
+    sets = [[*FLAGS, "-fopenmp"], FLAGS]
+    return sets + ([[*portable, "-fopenmp"], portable] if portable != FLAGS else [])
+
+
 def _build(compiler: str, target: Path) -> None:
-    """Compile the sources into `target` (atomically), with OpenMP where it works."""
+    """Compile the sources into `target` (atomically), with the first of
+    _flag_sets() that works."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         built = Path(work) / target.name
         errors = ""
-        for openmp in (["-fopenmp"], []):
+        for flags in _flag_sets():
             sources = [str(source) for source in SOURCES]
-            command = [compiler, *FLAGS, *openmp, *sources, "-o", str(built)]
+            command = [compiler, *flags, *sources, "-o", str(built)]
             try:
                 done = subprocess.run(
                     command, capture_output=True, text=True, check=False
