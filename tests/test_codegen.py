@@ -422,18 +422,17 @@ def _assert_isolated(env: dict, cwd: Path) -> None:
     assert check.stdout.split("\n")[:-1] == [f"blocked {m}" for m in FORBIDDEN]
 
 
-def test_standalone_script_trains_like_snncompile_train(tmp_path, variants):
-    """A copy of the script, run where snncompile is not importable, writes the
-    same metrics as `snncompile train` on the same spec, and its model.pt loads
-    into build(spec)."""
-    name = "synthetic_step"
+def _run_standalone(tmp_path: Path, script: Path, *args: str):
+    """Copy `script` into a fresh folder and run it there by an interpreter that
+    cannot import snncompile and its spec libraries (_isolated, checked first);
+    returns the finished run (exit status 0) and the folder."""
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy(variants / f"{name}.py", work / f"{name}.py")
+    shutil.copy(script, work / script.name)
     env = _isolated(tmp_path)
     _assert_isolated(env, work)
     run = subprocess.run(
-        [sys.executable, f"{name}.py", "--out", "out", "--epochs", "3"],
+        [sys.executable, script.name, *args],
         check=False,
         cwd=work,
         env=env,
@@ -442,6 +441,16 @@ def test_standalone_script_trains_like_snncompile_train(tmp_path, variants):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
+    return run, work
+
+
+def test_standalone_script_trains_like_snncompile_train(tmp_path, variants):
+    """A copy of the script, run where snncompile is not importable, writes the
+    same metrics as `snncompile train` on the same spec, and its model.pt loads
+    into build(spec)."""
+    name = "synthetic_step"
+    script = variants / f"{name}.py"
+    run, work = _run_standalone(tmp_path, script, "--out", "out", "--epochs", "3")
     metrics = json.loads((work / "out" / "metrics.json").read_text())
     lines = [line for line in run.stdout.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 3 and "test loss" in lines[1] and "test loss" not in lines[0]
@@ -482,21 +491,11 @@ def test_generated_mnist_script_runs_standalone(tmp_path):
     """generated/mnist_fc.py on a slice of MNIST, without snncompile, gives the
     test accuracy that `snncompile train` gives for the same slice."""
     root = _data_root()
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy(GENERATED / "mnist_fc.py", work / "mnist_fc.py")
-    env = _isolated(tmp_path)
     args = ["--data-root", str(root), "--limit-train", "256", "--limit-test", "200"]
-    run = subprocess.run(
-        [sys.executable, "mnist_fc.py", *args, "--epochs", "1", "--out", "out"],
-        check=False,
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    script = GENERATED / "mnist_fc.py"
+    run, work = _run_standalone(
+        tmp_path, script, *args, "--epochs", "1", "--out", "out"
     )
-    assert run.returncode == 0, run.stderr
     assert "epoch 1/1: train loss" in run.stdout and "test loss" in run.stdout
     metrics = json.loads((work / "out" / "metrics.json").read_text())
     assert metrics["train_samples"] == 256 and metrics["test_samples"] == 200
