@@ -3,6 +3,7 @@ identical spikes and membranes, gradients allclose (summation order only). A
 linear layer that the forward forms in its loop (snn_leaky_forward_linear) sums
 in its own order: its outputs, and the membranes they feed, agree to rounding."""
 
+import functools
 import sys
 
 import pytest
@@ -293,39 +294,38 @@ def test_native_mode_takes_the_loss_from_loss_c(monkeypatch):
 
 
 def test_native_forward_linear_fallback_and_inference():
-    """A linear layer wider than the loop's (K > 32) keeps scan + addmm, exactly;
-    under no_grad the fused forward gives what the training forward gives."""
+    """A linear layer wider than the loop's (K > 32), or with a non-finite weight
+    (0 * inf is NaN in a product, not in a sum of the fired), keeps scan + addmm,
+    exactly; one without bias sums in the loop too; under no_grad the fused
+    forward gives what the training forward gives."""
     kernels = native.kernels()
     torch.manual_seed(3)
     neuron = Leaky((300,), 0.9, 1.0, surrogate=surrogates.ATan, surrogate_args=(2.0,))
     cur = torch.randn(4, 300).expand(5, 4, 300)
-    for k_out, fused in ((40, False), (20, True)):
-        linear = torch.nn.Linear(300, k_out)
+    beta, threshold = neuron.beta.detach().clamp(0, 1), neuron.threshold.detach()
+    scan = (cur[0], beta, threshold, 5, "subtract", False)
+    exactly = functools.partial(
+        torch.testing.assert_close, rtol=0, atol=0, equal_nan=True
+    )
+    cases = ((40, False, True), (20, True, True), (7, True, False), (7, False, True))
+    for k_out, fused, bias in cases:
+        linear = torch.nn.Linear(300, k_out, bias=bias)
+        if k_out == 7 and bias:  # a non-finite weight: the product's NaN rules
+            with torch.no_grad():
+                linear.weight[3, 5] = float("inf")
         neuron.compiled = False
         spk, out = fused_leaky_linear(neuron, linear, cur)
         neuron.compiled = kernels
-        assert (
-            kernels.scan_linear(
-                cur[0],
-                *_params(neuron),
-                5,
-                "subtract",
-                False,
-                linear.weight,
-                linear.bias,
-            )
-            is not None
-        ) == fused
+        result = kernels.scan_linear(*scan, linear.weight, linear.bias)
+        assert (result is not None) == fused, (k_out, bias)
         spk_n, out_n = fused_leaky_linear(neuron, linear, cur)
         assert torch.equal(spk_n, spk)
         if fused:
             torch.testing.assert_close(out_n, out, rtol=1e-5, atol=1e-5)
         else:
-            assert torch.equal(out_n, out)
+            exactly(out_n, out)
         with torch.no_grad():
             spk_i, out_i = fused_leaky_linear(neuron, linear, cur)
-        assert torch.equal(spk_i, spk_n) and torch.equal(out_i, out_n)
-
-
-def _params(neuron):
-    return neuron.beta.detach().clamp(0, 1), neuron.threshold.detach()
+        assert torch.equal(spk_i, spk_n)
+        exactly(out_i, out_n)
+    assert out.isnan().any()  # the last case: NaN where 0 * inf met

@@ -299,6 +299,8 @@ class LeakyKernels:
         fits = fits and weight.dim() == 2 and weight.shape[1] == shape[1:].numel()
         if not (fits and self.lib.snn_leaky_forward_linear_fits(weight.shape[0])):
             return None
+        if not bool(torch.isfinite(weight).all()):
+            return None  # a product gives NaN for 0 * inf or 0 * NaN; the sum would not
         steps = steps if constant else cur.shape[0]
         cur = cur.detach().contiguous()
         weight = weight.detach().contiguous()
