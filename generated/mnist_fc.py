@@ -262,17 +262,30 @@ def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
     return kernels[function]
 
 
-def scan_linear(compiled, args, weight, bias):
+def scan_linear(compiled, args, weight, bias, spikes=True):
     """(spk, mem, out) of the scan kernel that `compiled` selects, for args (cur,
     b, threshold, steps, reset, record): out = the linear layer (weight, bias)
     over the spikes where the provider forms it in its loop (its `scan_linear`),
-    else None. Detached: for the forward of a node or under no_grad."""
+    else None; spk is None where `spikes` is False and that provider kept no
+    spike record. Detached: for the forward of a node or under no_grad."""
     both = getattr(compiled, "scan_linear", None) if weight is not None else None
     if both is not None:
-        result = both(*args, weight.detach(), bias if bias is None else bias.detach())
+        bias = bias if bias is None else bias.detach()
+        result = both(*args, weight.detach(), bias, spikes)
         if result is not None:
             return result
     return (*leaky_kernels(compiled)[0](*args), None)
+
+
+def _recomputed(compiled, constant_large, surrogate, weight):
+    """Whether the backward of a LeakySequence node with a linear layer reads no
+    spike record: a large layer with constant input and a surrogate, whose
+    provider's backward forms the linear layer's gradients in its loop from
+    spikes it recomputes (its `recomputes_spikes(k_out, surrogate_backward)`)."""
+    recomputes = getattr(compiled, "recomputes_spikes", None)
+    if not constant_large or surrogate is None or weight is None or not recomputes:
+        return False
+    return bool(recomputes(weight.shape[0], surrogate.backward))
 
 
 def leaky_kernels(compiled):
@@ -294,7 +307,7 @@ class LeakySequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cur, b, threshold, weight, bias, steps, options):
-        reset, surrogate, surrogate_args, compiled, record = options
+        reset, surrogate, surrogate_args, compiled, record, spikes = options
         constant = steps is not None
         shape = cur.shape if constant else cur.shape[1:]
         length = steps if constant else cur.shape[0]
@@ -313,7 +326,10 @@ class LeakySequence(torch.autograd.Function):
         out = None
         if compiled:  # detached: the same compiled graph as inference's call
             args = (cur.detach(), b.detach(), threshold.detach(), steps, reset, keep)
-            spk_rec, mem_rec, out = scan_linear(compiled, args, weight, bias)
+            if not spikes:  # kept all the same where the backward reads it
+                spikes = not _recomputed(compiled, constant and large and not record,
+                                         surrogate, weight)  # fmt: skip
+            spk_rec, mem_rec, out = scan_linear(compiled, args, weight, bias, spikes)
             saved = cur.new_empty((0, *shape))
         else:
             run = leaky_run(cur, b, threshold, steps, reset, keep, stride)
@@ -327,7 +343,7 @@ class LeakySequence(torch.autograd.Function):
             )
             out = out.unflatten(0, spk_rec.shape[:2])
         mems = saved if stride else mem_rec
-        ctx.save_for_backward(mems, cur, spk_rec, b, threshold, weight)
+        ctx.save_for_backward(mems, cur, spk_rec, b, threshold, weight)  # spk: None?
         ctx.stride = stride
         ctx.options = (reset, surrogate, surrogate_args, constant, not large)
         ctx.compiled = compiled
@@ -403,7 +419,7 @@ def fused_leaky(neuron, cur, steps=None, compiled=False, record_mem=True):
     return _leaky_sequence(neuron, cur, steps, compiled, record_mem, None)[:2]
 
 
-def fused_leaky_linear(neuron, linear, cur):
+def fused_leaky_linear(neuron, linear, cur, spikes=True):
     """A hidden Leaky layer and the linear layer after it, over a whole sequence:
     cur [T, B, N] -> (spk, out), spk [T, B, N] and out = linear(spk) [T, B, K], the
     same values as running them in turn. One autograd node: with the neuron's
@@ -412,12 +428,17 @@ def fused_leaky_linear(neuron, linear, cur):
     backward loop, step by step, instead of as a [T, B, N] tensor by one skinny
     matrix product (eagerly, or for a small layer: that product). Without the
     fused kernel (under a whole-model torch.compile, `neuron.fused` off, or a
-    linear layer with hooks or parametrizations): the two layers in turn."""
+    linear layer with hooks or parametrizations): the two layers in turn.
+    `spikes=False`: the caller does not read spk, which may then be None (a
+    kernel provider whose backward recomputes the spikes keeps no record)."""
     if torch.compiler.is_compiling() or not neuron.fused or not _plain(linear):
         spk, _ = neuron(cur, record_mem=False)
         out = None
     else:
-        spk, _, out = _leaky_sequence(neuron, cur, None, neuron.compiled, False, linear)
+        compiled = neuron.compiled
+        spk, _, out = _leaky_sequence(
+            neuron, cur, None, compiled, False, linear, spikes
+        )
     if out is None:  # the layers in turn, or no gradient needed: the linear's call
         out = linear(spk.flatten(0, 1)).unflatten(0, spk.shape[:2])
     return spk, out
@@ -431,9 +452,10 @@ def _plain(linear):
     return type(linear) is torch.nn.Linear and not hooks
 
 
-def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
+def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear, spikes=True):
     """(spk, mem, out) of fused_leaky / fused_leaky_linear, outside torch.compile;
-    out is None without a linear layer, or when no gradient is needed."""
+    out is None without a linear layer (or where computed by the caller); spk may
+    be None where not `spikes` (see fused_leaky_linear)."""
     if steps is None:
         base = _time_expanded_base(cur)
         if base is not None:
@@ -448,7 +470,7 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
         threshold = neuron.threshold.detach()  # as in training: one graph
         args = (cur, b.detach(), threshold, steps, neuron.reset_mode)
         if compiled:
-            return scan_linear(compiled, (*args, record_mem), weight, bias)
+            return scan_linear(compiled, (*args, record_mem), weight, bias, spikes)
         return (*leaky_run(*args, record_mem)[:2], None)
     surrogate = None if neuron.hard else neuron.surrogate
     options = (
@@ -457,6 +479,7 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear):
         tuple(neuron.surrogate_args),
         compiled,
         record_mem,
+        spikes,
     )
     return LeakySequence.apply(*inputs, steps, options)
 
@@ -617,7 +640,8 @@ class Net(nn.Module):
         h = self.flatten1(h)  # [784]
         h = self.fc1(h)  # [1000]
         h = h.expand(self.steps, *h.shape)  # [T, B, ...] without a copy
-        spk_lif1, h = fused_leaky_linear(self.lif1, self.fc2, h)  # one node: [10]
+        # lif1 and fc2, one node: [10]
+        spk_lif1, h = fused_leaky_linear(self.lif1, self.fc2, h, spikes=all_spikes)
         spk_lif2, mem_lif2 = self.lif2(h)
         if all_spikes:
             return spk_lif2, mem_lif2, {"lif1": spk_lif1, "lif2": spk_lif2}

@@ -620,10 +620,10 @@ def test_hidden_leaky_fuses_with_a_narrow_linear_layer_only():
         )
 
     fused_out = (
-        "spk_lif2, h = fused_leaky_linear(self.lif2, self.out, h)  # one node: [3]"
+        "spk_lif2, h = fused_leaky_linear(self.lif2, self.out, h, spikes=all_spikes)"
     )
     assert _fused_pairs(flat + hidden(32) + out) == [
-        "spk_lif, h = fused_leaky_linear(self.lif, self.mid, h)  # one node: [32]",
+        "spk_lif, h = fused_leaky_linear(self.lif, self.mid, h, spikes=all_spikes)",
         fused_out,
     ]
     assert _fused_pairs(flat + hidden(33) + out) == [fused_out]  # too wide

@@ -73,8 +73,8 @@ def record_membranes(net, schedule):
         # record them by running the same neuron on the same input
         fused = module["fused_leaky_linear"]
 
-        def fused_leaky_linear(neuron, linear, cur):
-            spk, out = fused(neuron, linear, cur)
+        def fused_leaky_linear(neuron, linear, cur, spikes=True):
+            spk, out = fused(neuron, linear, cur, spikes)
             neuron(cur)  # the wrapped forward keeps its membranes
             return spk, out
 

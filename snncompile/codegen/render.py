@@ -245,10 +245,11 @@ def _forward_layered(graph: Graph) -> list[str]:
             continue
         if fuses_with_linear(node, after, last):
             lines.append(
-                f"spk_{node.name}, h = fused_leaky_linear("
-                f"self.{node.name}, self.{after.name}, h)  # one node: "
-                f"{_shape(after.out_shape)}"
+                f"# {node.name} and {after.name}, one node: {_shape(after.out_shape)}"
             )
+            args = [f"self.{node.name}", f"self.{after.name}", "h", "spikes=all_spikes"]
+            head = f"spk_{node.name}, h = "
+            lines.append(_fit(head, "fused_leaky_linear", args, "        "))
             spikes.append(node.name)
             skip = after
             continue

@@ -284,11 +284,14 @@ class LeakyKernels:
         )  # fmt: skip
         return spk, mem
 
-    def scan_linear(self, cur, b, threshold, steps, reset, record, weight, bias):
+    def scan_linear(
+        self, cur, b, threshold, steps, reset, record, weight, bias, spikes=True
+    ):
         """scan(...)'s (spk, mem) and the linear layer over the spikes, out =
         spk @ weight.T + bias [T, B, K], by leaky.c in one pass (the weights of
         the neurons that fired summed in order: a BLAS product's values up to
-        rounding); None where it does not apply (then: scan and a product)."""
+        rounding); spk None if not `spikes` (no record written); None where it
+        does not apply (then: scan and a product)."""
         constant = steps is not None
         shape = cur.shape if constant else cur.shape[1:]
         params = [weight] if bias is None else [weight, bias]
@@ -305,7 +308,7 @@ class LeakyKernels:
         cur = cur.detach().contiguous()
         weight = weight.detach().contiguous()
         bias = None if bias is None else bias.detach().contiguous()
-        spk = cur.new_empty((steps, *shape))
+        spk = cur.new_empty((steps, *shape)) if spikes else None
         mem = cur.new_empty((steps, *shape)) if record else None
         out = cur.new_empty((steps, shape[0], weight.shape[0]))
         status = self.lib.snn_leaky_forward_linear(
@@ -318,21 +321,32 @@ class LeakyKernels:
             raise MemoryError("snn_leaky_forward_linear: out of memory")
         return None if status else (spk, mem, out)
 
+    def recomputes_spikes(self, k_out, surrogate_backward) -> bool:
+        """Whether backward, for a hidden layer with constant input whose spikes
+        feed only a linear layer of k_out outputs, recomputes the spikes (the
+        panel path) instead of reading the spike record, for this surrogate."""
+        kind = surrogate_kind(surrogate_backward)
+        return bool(kind and self.lib.snn_leaky_panels_fit(k_out, kind))
+
     def backward(
         self, cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
     ):
-        """leaky_backward(...) by leaky.c; see fused.py."""
+        """leaky_backward(...) by leaky.c; see fused.py. spk_rec may be None where
+        the forward kept none (recomputes_spikes): constant input, `stride` steps."""
         reset, surrogate, args, constant, needs, _, into, through = options
         kind = 0 if surrogate is None else surrogate_kind(surrogate[1])
         weight_grad = through is not None and through[2]
         tensors = (saved, grad_spk, grad_mem, *(through or ())[:2])
         floats = all(t.dtype == torch.float32 for t in tensors if t is not None)
         fits = floats and self._fits(cur, b, threshold) and into is None
-        if kind is None or not fits:
+        if spk_rec is None:  # the panel path must follow; it reads no record
+            steps, shape = stride, cur.shape
+        else:
+            steps, shape = spk_rec.shape[0], spk_rec.shape[1:]
+        if (kind is None or not fits) and spk_rec is not None:
             return self._fallback(
                 cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
             )
-        steps, shape = spk_rec.shape[0], spk_rec.shape[1:]
         rows, cols = 1, shape.numel()  # blocks along all elements, unless
         if through is not None:  # a row per sample, for the linear layer's sums
             rows, cols = shape[0], shape[1:].numel()
@@ -347,13 +361,20 @@ class LeakyKernels:
             k_out = weight.shape[0]
         # a hidden layer whose spikes feed only the linear layer: by panels
         panels = constant and mem is None and grad_spk is None and grad_mem is None
-        panels = panels and k_out and self.lib.snn_leaky_panels_fit(k_out, kind)
+        panels = panels and fits and kind is not None and k_out > 0
+        panels = panels and self.lib.snn_leaky_panels_fit(k_out, kind)
+        if spk_rec is None and not panels:
+            raise RuntimeError(
+                "snncompile native: the forward kept no spike record, but this "
+                "backward (not by panels) reads it"
+            )
         if weight_grad:
             grad_weight = weight.new_empty(weight.shape)
             if not panels:  # per-thread partial sums
                 scratch = weight.new_empty((threads, *weight.shape))
         # contiguous copies are kept in locals: alive until the call returns
-        cur, spk_rec = cur.contiguous(), spk_rec.contiguous()
+        cur = cur.contiguous()
+        spk_rec = None if spk_rec is None else spk_rec.contiguous()
         grad_spk = None if grad_spk is None else grad_spk.contiguous()
         grad_mem = None if grad_mem is None else grad_mem.contiguous()
         values = [*args, 0.0, 0.0]

@@ -632,8 +632,9 @@ static inline int list_lanes(vi test, int n, int32_t col, int32_t kv,
 
 /* One row's step of the neurons for snn_leaky_forward_linear: panels of LANES
  * columns (the last may be partial), state and flag updated, spikes (and
- * membranes when `record`) stored, the fired neurons listed; returns how many
- * fired. `reset` and `record` are constants where inlined. */
+ * membranes when `record`) stored (spikes unless spk is NULL), the fired
+ * neurons listed; returns how many fired. `reset` and `record` are constants
+ * where inlined. */
 static inline __attribute__((always_inline)) int64_t linear_step(
     const int reset, const int record, const float *in, int64_t cols,
     vf *state, vf *flag, float b, float thr, float *spk, float *mem,
@@ -656,7 +657,7 @@ static inline __attribute__((always_inline)) int64_t linear_step(
     const vf spikes = ones_where(test);
     state[p] = st;
     flag[p] = spikes;
-    store_lanes(spk + col, spikes, n);
+    if (spk) store_lanes(spk + col, spikes, n);
     if (record) store_lanes(mem + col, st, n);
     fired += list_lanes(test, n, (int32_t)col, kv, list + fired);
   }
@@ -664,16 +665,17 @@ static inline __attribute__((always_inline)) int64_t linear_step(
 }
 
 /* Forward of a Leaky layer and the linear layer its spikes feed, in one pass:
- * spk [T, rows, cols] (and mem, unless NULL) exactly as snn_leaky_forward, and
- * out [T, rows, k_out] = spk[t, r] @ weight^T + bias, weight [k_out, cols],
- * bias [k_out] or NULL, k_out <= PANEL_K. A spike is 0 or 1, so an output is
- * the sum of the weights of the neurons that fired: per row and step, their
- * numbers are listed (in order, without branches) as the neurons are updated,
- * then their weight columns are added, the i-th into sum i mod 4, the four
- * sums as (0 + 1) + (2 + 3), then the bias. The order is fixed: the result
- * does not depend on the thread count; it may differ from a BLAS product's by
- * rounding. The spike record is not read again (a matrix product over it is
- * skinny and slow here). Returns 0; 1 (nothing done) when k_out does not fit
+ * spk [T, rows, cols] and mem exactly as snn_leaky_forward (either may be NULL:
+ * not recorded), and out [T, rows, k_out] = spk[t, r] @ weight^T + bias, weight
+ * [k_out, cols], bias [k_out] or NULL, k_out <= PANEL_K. A spike is 0 or 1, so
+ * an output is the sum of the weights of the neurons that fired: per row and
+ * step, their numbers are listed (in order, without branches) as the neurons
+ * are updated, then their weight columns are added, the i-th into sum i mod 4,
+ * the four sums as (0 + 1) + (2 + 3), then the bias. The order is fixed: the
+ * result does not depend on the thread count; it may differ from a BLAS
+ * product's by rounding. No spike record needs writing or reading again (a
+ * training step's 12.8 MB for mnist_fc's hidden layer, and a skinny matrix
+ * product over it). Returns 0; 1 (nothing done) when k_out does not fit
  * (snn_leaky_forward_linear_fits); -1 when out of memory. */
 int snn_leaky_forward_linear_fits(int64_t k_out) {
   return k_out >= 1 && k_out <= PANEL_K;
@@ -723,7 +725,7 @@ int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
       for (int64_t t = 0; t < steps; t++) {
         const int64_t at = t * numel + row * cols;
         const float *in = cur + (constant ? row * cols : at);
-        float *s = spk + at, *m = mem ? mem + at : NULL;
+        float *s = spk ? spk + at : NULL, *m = mem ? mem + at : NULL;
         int64_t fired;
         switch (mode) { /* a loop for each reset, with and without record */
           case 0: fired = linear_step(0, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
