@@ -262,13 +262,14 @@ def scan_linear(compiled, args, weight, bias, spikes=True):
     return (*leaky_kernels(compiled)[0](*args), None)
 
 
-def _recomputed(compiled, constant_large, surrogate, weight):
+def _recomputed(compiled, plain, surrogate, weight):
     """Whether the backward of a LeakySequence node with a linear layer reads no
-    spike record: a large layer with constant input and a surrogate, whose
-    provider's backward forms the linear layer's gradients in its loop from
-    spikes it recomputes (its `recomputes_spikes(k_out, surrogate_backward)`)."""
+    spike record: a `plain` layer (large, constant input, no membrane record)
+    with a surrogate, whose provider's backward forms the linear layer's
+    gradients in its loop from spikes it recomputes (its
+    `recomputes_spikes(k_out, surrogate_backward)`)."""
     recomputes = getattr(compiled, "recomputes_spikes", None)
-    if not constant_large or surrogate is None or weight is None or not recomputes:
+    if not plain or surrogate is None or weight is None or not recomputes:
         return False
     return bool(recomputes(weight.shape[0], surrogate.backward))
 
@@ -312,8 +313,8 @@ class LeakySequence(torch.autograd.Function):
         if compiled:  # detached: the same compiled graph as inference's call
             args = (cur.detach(), b.detach(), threshold.detach(), steps, reset, keep)
             if not spikes:  # kept all the same where the backward reads it
-                spikes = not _recomputed(compiled, constant and large and not record,
-                                         surrogate, weight)  # fmt: skip
+                plain = constant and large and not record
+                spikes = not _recomputed(compiled, plain, surrogate, weight)
             spk_rec, mem_rec, out = scan_linear(compiled, args, weight, bias, spikes)
             saved = cur.new_empty((0, *shape))
         else:
@@ -328,7 +329,8 @@ class LeakySequence(torch.autograd.Function):
             )
             out = out.unflatten(0, spk_rec.shape[:2])
         mems = saved if stride else mem_rec
-        ctx.save_for_backward(mems, cur, spk_rec, b, threshold, weight)  # spk: None?
+        # spk_rec is None where not kept (then the provider's backward recomputes)
+        ctx.save_for_backward(mems, cur, spk_rec, b, threshold, weight)
         ctx.stride = stride
         ctx.options = (reset, surrogate, surrogate_args, constant, not large)
         ctx.compiled = compiled
