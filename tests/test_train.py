@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import signal
+import struct
 
 import pytest
 import torch
@@ -333,6 +334,65 @@ def test_failed_download_names_the_reason_and_files(tmp_path, capsys, monkeypatc
 
 
 # --------------------------------------------------------------------------- data
+def _write_mnist(raw: pathlib.Path, seed: int) -> dict:
+    """Tiny MNIST files in torchvision's raw layout (IDX); returns the tensors."""
+    raw.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    written = {}
+    for prefix, count in (("train", 6), ("t10k", 4)):
+        images = torch.randint(0, 256, (count, 28, 28), generator=gen).to(torch.uint8)
+        labels = torch.randint(0, 10, (count,), generator=gen).to(torch.uint8)
+        head = struct.pack(">IIII", 0x803, count, 28, 28)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            head + images.numpy().tobytes()
+        )
+        head = struct.pack(">II", 0x801, count)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            head + labels.numpy().tobytes()
+        )
+        written[prefix] = (images, labels)
+    return written
+
+
+def test_decoded_dataset_is_cached(tmp_path, monkeypatch):
+    """A split decoded by torchvision is kept in the cache and read back without
+    it; changed files, a corrupt cache file or an unwritable cache decode again."""
+    from snncompile.train import data
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    written = _write_mnist(raw, 0)
+    monkeypatch.setenv("SNNCOMPILE_CACHE", str(tmp_path / "cache"))
+    decoded = []
+    read = data._read
+    monkeypatch.setattr(data, "_read", lambda *a: decoded.append(1) or read(*a))
+    graph = snncompile.analyze(snncompile.load(MNIST_SPEC))
+
+    def train_split():
+        return load_split(graph, True, root=tmp_path / "data", download=False)
+
+    first = train_split()
+    images, labels = written["train"]
+    assert torch.equal(first.inputs[:, 0], images) and torch.equal(
+        first.labels, labels.long()
+    )
+    (cached,) = (tmp_path / "cache" / "datasets").glob("mnist-train-*.pt")
+    again = train_split()
+    assert len(decoded) == 1  # from the cache
+    assert torch.equal(again.inputs, first.inputs) and torch.equal(
+        again.labels, first.labels
+    )
+    cached.write_bytes(b"not a tensor file")
+    assert torch.equal(train_split().inputs, first.inputs) and len(decoded) == 2
+    assert torch.equal(train_split().inputs, first.inputs) and len(decoded) == 2
+    changed = _write_mnist(raw, 1)["train"][0]  # new contents: a new key
+    os.utime(raw / "train-images-idx3-ubyte", ns=(1, 1))
+    assert torch.equal(train_split().inputs[:, 0], changed) and len(decoded) == 3
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("SNNCOMPILE_CACHE", str(blocked / "cache"))  # cannot be made
+    assert torch.equal(train_split().inputs[:, 0], changed) and len(decoded) == 4
+
+
 def test_mnist_batches_equal_torchvision_to_tensor_and_normalize():
     root = data_dir()
     if root is None:

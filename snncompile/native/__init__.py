@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..cache import cache_dir
 from ..runtime import surrogates
 from ..runtime.fused import leaky_backward, leaky_scan, torch_compiled
 
@@ -79,14 +80,6 @@ STATS = {"seconds": 0.0, "builds": 0, "loads": 0}  # this process's costs
 
 class Unavailable(RuntimeError):
     """The native kernels cannot be built or loaded here (the reason, one line)."""
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SNNCOMPILE_CACHE")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "snncompile"
 
 
 def _compiler() -> str:

@@ -4,7 +4,8 @@ A dataset is loaded once into a `Split`: uint8 images (torchvision's `.data`) an
 int64 labels, moved to the training device. Each batch is scaled to [0, 1] on the
 fly (x / 255, what torchvision's ToTensor does), optionally normalized per channel
 and reshaped to the spec's input shape. There are no per-sample transforms and no
-DataLoader workers.
+DataLoader workers. torchvision decodes a split once; the decoded tensors are kept
+in snncompile's cache (snncompile/cache.py) for later processes.
 
 `synthetic` is a generated, learnable dataset of any input shape: each class has a
 random prototype in [0, 1] and samples are prototypes plus Gaussian noise.
@@ -12,13 +13,17 @@ random prototype in [0, 1] and samples are prototypes plus Gaussian noise.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..cache import cache_dir
 from ..spec.errors import UserError
 
 MNIST_FILES = (
@@ -122,12 +127,14 @@ def _have_files(name: str, root: Path) -> bool:
 
 
 def _torchvision(name: str, root: Path, train: bool, download: bool):
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, DATASETS[name][0])
+    """(uint8 inputs [N, C, H, W], int64 labels [N]) of a split: downloaded by
+    torchvision if missing, then decoded from the cache or by torchvision."""
     if not _have_files(name, root):
         if not download:
             raise UserError(_missing_message(name, root, "downloads are off"))
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, DATASETS[name][0])
         try:
             cls(str(root), train=train, download=True)
         except Exception as err:  # noqa: BLE001 (no network, permission, checksum...)
@@ -135,6 +142,49 @@ def _torchvision(name: str, root: Path, train: bool, download: bool):
             raise UserError(
                 _missing_message(name, root, reason[-1] if reason else repr(err))
             ) from None
+    return _decoded(name, root, train)
+
+
+def _decoded(name: str, root: Path, train: bool):
+    """The split as torchvision decodes it, kept in the cache (cache_dir() /
+    "datasets", a file per split, keyed by the files' paths, sizes and times):
+    a later process loads the tensors without importing torchvision (about
+    2.5 s here: it imports torch._dynamo). Corrupt or unwritable cache: decode."""
+    _, folder, files, _, _ = DATASETS[name]
+    stamps = [str(root.resolve())]
+    for f in files:
+        for path in (root / folder / f, root / folder / f"{f}.gz"):
+            if path.exists():
+                stat = path.stat()
+                stamps.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    digest = hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]
+    split = "train" if train else "test"
+    cached = cache_dir() / "datasets" / f"{name}-{split}-{digest}.pt"
+    if cached.exists():
+        try:
+            data = torch.load(cached, weights_only=True)
+            return data["inputs"], data["labels"]
+        except Exception:  # noqa: BLE001 - unreadable: decode and write it again
+            with contextlib.suppress(OSError):
+                cached.unlink(missing_ok=True)
+    inputs, labels = _read(name, root, train)
+    tmp = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
+            torch.save({"inputs": inputs, "labels": labels}, tmp)
+        os.replace(tmp.name, cached)  # whole or not at all, for a parallel run
+    except OSError:  # a read-only or full cache: decode every time
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+    return inputs, labels
+
+
+def _read(name: str, root: Path, train: bool):
+    """Decode a split by torchvision's dataset class."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, DATASETS[name][0])
     try:
         dataset = cls(str(root), train=train, download=False)
     except Exception as err:  # noqa: BLE001 (truncated or corrupt files)
