@@ -15,9 +15,9 @@ Rows (wall seconds; "epoch" = the training loop plus the test-set evaluation,
 - snncompile train: the default command (Leaky layers on snncompile's C
   kernels, `--compile native`), its epoch = training seconds (compilation
   included) + evaluation seconds from metrics.json; with --cold the first run
-  gets empty caches (SNNCOMPILE_CACHE for the C kernels, TORCHINDUCTOR_CACHE_DIR
-  for inductor), i.e. a newcomer's first run, and later runs reuse what it
-  built.
+  gets empty caches (SNNCOMPILE_CACHE for the C kernels and the decoded dataset,
+  TORCHINDUCTOR_CACHE_DIR for inductor), i.e. a newcomer's first run, and later
+  runs reuse what it built.
 
 Ratios are tutorial epoch / snncompile epoch (and the same for process time),
 from medians. The tutorial takes a minute and a half per run, snncompile seconds:
