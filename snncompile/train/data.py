@@ -149,7 +149,7 @@ def _decoded(name: str, root: Path, train: bool):
     """The split as torchvision decodes it, kept in the cache (cache_dir() /
     "datasets", a file per split, keyed by the files' paths, sizes and times):
     a later process loads the tensors without importing torchvision (about
-    2.5 s here: it imports torch._dynamo). Corrupt or unwritable cache: decode."""
+    1.1 s of a training process here). Corrupt or unwritable cache: decode."""
     _, folder, files, _, _ = DATASETS[name]
     stamps = [str(root.resolve())]
     for f in files:
