@@ -363,6 +363,7 @@ class Bench:
                         lambda: apply(self._copy(), "native"),
                     )
                 )
+                self.notes.append(native_note())
             else:
                 self.notes.append(f"no native row: {native_problem()}")
             plan.append(
@@ -653,6 +654,18 @@ def near_threshold_flips(spk, mem, spk_ref, mem_ref) -> int | None:
     if (gap[parted] > NEAR * scale[parted]).any():
         return None
     return int(parted.sum())
+
+
+def native_note() -> str:
+    """What the native row's kernels cost this process before any step (not in
+    its compile column): built here, or loaded from the cache."""
+    from . import native
+
+    seconds = native.STATS["seconds"]
+    where = native.cache_dir() / "native"
+    if native.STATS["builds"]:
+        return f"native kernels built in {seconds:.1f} s (once per machine; in {where})"
+    return f"native kernels loaded from {where} in {seconds:.2f} s"
 
 
 def compare_outputs(outputs, reference) -> dict:

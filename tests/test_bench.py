@@ -139,3 +139,17 @@ def test_compare_outputs_counts_near_threshold_partings():
     other = {"hidden": torch.zeros(3, 1, 4)}
     entry = compare_outputs((spk, mem, other), (spk, mem, records))
     assert entry["spikes_match"] is False
+
+
+def test_native_note_says_built_or_loaded(monkeypatch):
+    """The native row's build (or load) happens before any timed call; the
+    bench says which, and how long it took."""
+    from snncompile import native
+    from snncompile.bench import native_note
+
+    monkeypatch.setitem(native.STATS, "seconds", 3.25)
+    monkeypatch.setitem(native.STATS, "builds", 1)
+    assert native_note().startswith("native kernels built in 3.2 s")
+    monkeypatch.setitem(native.STATS, "builds", 0)
+    assert native_note().startswith("native kernels loaded from")
+    assert "3.25 s" in native_note()
