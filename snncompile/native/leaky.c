@@ -291,6 +291,15 @@ typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
 
 static inline vf ones_where(vi mask) { return (vf)(mask & 0x3f800000); }
 
+/* leaky_step on every lane: the same operations in the same order */
+static inline __attribute__((always_inline)) vf leaky_lanes(
+    int reset, vf mem, vf cur, vf flag, float b, float thr) {
+  if (reset == 1) return b * ((1.0f - flag) * mem) + cur;
+  vf out = b * mem + cur;
+  if (reset == 0) out = out - flag * thr;
+  return out;
+}
+
 
 /* a * b + c for the gradient sums, fused where the CPU has it (only those:
  * they are sums whose order and rounding are free; the membranes are not). */
@@ -391,12 +400,7 @@ static inline __attribute__((always_inline)) void panel_rows(
   }
   for (int64_t t = 0; t < steps; t++) { /* the forward, exactly */
     for (int r = 0; r < R; r++) {
-      if (p->reset == 1) {
-        state[r] = b * ((1.0f - flag[r]) * state[r]) + in[r];
-      } else {
-        state[r] = b * state[r] + in[r];
-        if (p->reset == 0) state[r] = state[r] - flag[r] * thr;
-      }
+      state[r] = leaky_lanes(p->reset, state[r], in[r], flag[r], b, thr);
       flag[r] = ones_where(state[r] - thr > 0.0f);
       mems[t * R + r] = state[r];
       fired[t * R + r] = flag[r];
@@ -646,13 +650,7 @@ static inline __attribute__((always_inline)) int64_t linear_step(
     const int n = p < full ? LANES : (int)(cols - col);
     if (n == 0) break;
     const vf x = load_lanes(in + col, n);
-    vf st = state[p];
-    if (reset == 1) {
-      st = b * ((1.0f - flag[p]) * st) + x;
-    } else {
-      st = b * st + x;
-      if (reset == 0) st = st - flag[p] * thr;
-    }
+    const vf st = leaky_lanes(reset, state[p], x, flag[p], b, thr);
     const vi test = st - thr > 0.0f;
     const vf spikes = ones_where(test);
     state[p] = st;
