@@ -232,6 +232,20 @@ def _ptr(tensor):
     return None if tensor is None else tensor.data_ptr()
 
 
+def _records(cur, steps, spikes: bool, record: bool):
+    """What a forward kernel call needs: cur (detached, contiguous), whether it
+    is constant (`steps` given; else cur is [T, ...]), the step count, one
+    step's shape, and empty spike and membrane records [T, ...] (None where
+    not wanted)."""
+    constant = steps is not None
+    steps = steps if constant else cur.shape[0]
+    shape = cur.shape if constant else cur.shape[1:]
+    cur = cur.detach().contiguous()
+    spk = cur.new_empty((steps, *shape)) if spikes else None
+    mem = cur.new_empty((steps, *shape)) if record else None
+    return cur, constant, steps, shape, spk, mem
+
+
 def _scalar(tensor) -> bool:
     return tensor.numel() == 1 and tensor.device.type == "cpu"
 
@@ -264,12 +278,7 @@ class LeakyKernels:
         """leaky_scan(cur, b, threshold, steps, reset, record) by leaky.c."""
         if not self._fits(cur, b, threshold):
             return torch_compiled(leaky_scan)(cur, b, threshold, steps, reset, record)
-        constant = steps is not None
-        steps = steps if constant else cur.shape[0]
-        shape = cur.shape if constant else cur.shape[1:]
-        cur = cur.detach().contiguous()
-        spk = cur.new_empty((steps, *shape))
-        mem = cur.new_empty((steps, *shape)) if record else None
+        cur, constant, steps, shape, spk, mem = _records(cur, steps, True, record)
         self.lib.snn_leaky_forward(  # elements in one row: blocks of any length
             _ptr(cur), constant, steps, 1, shape.numel(),
             float(b), float(threshold), RESETS[reset], _ptr(spk), _ptr(mem),
@@ -285,8 +294,7 @@ class LeakyKernels:
         the neurons that fired summed in order: a BLAS product's values up to
         rounding); spk None if not `spikes` (no record written); None where it
         does not apply (then: scan and a product)."""
-        constant = steps is not None
-        shape = cur.shape if constant else cur.shape[1:]
+        shape = cur.shape if steps is not None else cur.shape[1:]
         params = [weight] if bias is None else [weight, bias]
         fits = self._fits(cur, b, threshold) and len(shape) >= 2
         fits = fits and all(
@@ -297,12 +305,9 @@ class LeakyKernels:
             return None
         if not bool(torch.isfinite(weight).all()):
             return None  # a product gives NaN for 0 * inf or 0 * NaN; the sum would not
-        steps = steps if constant else cur.shape[0]
-        cur = cur.detach().contiguous()
+        cur, constant, steps, shape, spk, mem = _records(cur, steps, spikes, record)
         weight = weight.detach().contiguous()
         bias = None if bias is None else bias.detach().contiguous()
-        spk = cur.new_empty((steps, *shape)) if spikes else None
-        mem = cur.new_empty((steps, *shape)) if record else None
         out = cur.new_empty((steps, shape[0], weight.shape[0]))
         status = self.lib.snn_leaky_forward_linear(
             _ptr(cur), constant, steps, shape[0], shape[1:].numel(),
