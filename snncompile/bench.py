@@ -188,6 +188,9 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0 if exact["passed"] else 1
 
 
+COMPILED = ("native", "compiled", "whole")  # the rows that compile (not --no-compile)
+
+
 def bench_device(args) -> torch.device:
     """The device named by --device, checked (absent from older callers: CPU)."""
     name = getattr(args, "device", "cpu") or "cpu"
@@ -353,9 +356,10 @@ class Bench:
             plan.append(("loops", "snncompile eager, Leaky step loops", self._loops))
         plan.append(("eager", "snncompile eager", lambda: self.base))
         if not args.no_compile:
-            if self.device.type != "cpu":
-                self.notes.append("no native row: the C kernels run on the CPU")
-            elif native_problem() is None:
+            why = "the C kernels run on the CPU"
+            if self.device.type == "cpu":
+                why = native_problem()
+            if why is None:
                 plan.append(
                     (
                         "native",
@@ -365,7 +369,7 @@ class Bench:
                 )
                 self.notes.append(native_note())
             else:
-                self.notes.append(f"no native row: {native_problem()}")
+                self.notes.append(f"no native row: {why}")
             plan.append(
                 (
                     "compiled",
@@ -608,7 +612,7 @@ class Bench:
                 row["peak_train_mb"] = v.peak_bytes / 2**20
             if v.rss is not None:
                 row["peak_rss_mb"] = v.rss["peak_mb"]
-            if v.key in ("native", "compiled", "whole"):
+            if v.key in COMPILED:
                 train, infer = v.normal_s or (statistics.median(v.train_s), infer)
                 row["compile_train_s"] = v.first_train_s - train
                 row["compile_infer_s"] = v.first_infer_s - infer
@@ -767,7 +771,7 @@ def _rss_child(options_json: str) -> None:
         batch=options["batch"],
         seed=options["seed"],
         reference=options["reference"],
-        no_compile=options["key"] not in ("native", "compiled", "whole"),
+        no_compile=options["key"] not in COMPILED,
         threads=options["threads"],
         plain_optimizer=options["plain_optimizer"],
         clock="wall",
