@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,11 +21,23 @@ NETWORK_KEYS = ("input", "steps", "defaults", "layers")  # what fixes the weight
 
 
 def save(path: str | os.PathLike, payload: dict) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half."""
+    """Write a checkpoint atomically (save_atomically)."""
+    save_atomically({"format": FORMAT, **payload}, path)
+
+
+def save_atomically(obj, path: str | os.PathLike) -> None:
+    """torch.save to `path` so that a reader sees the old file or the new one,
+    never half: into a temporary file of its own beside it (removed if writing
+    fails; OSError then propagates), then renamed over it."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load(path: str | os.PathLike, weights_ok: bool = False) -> dict:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from ..cache import cache_dir
 from ..spec.errors import UserError
+from .checkpoint import save_atomically
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -118,12 +118,21 @@ def _missing_message(name: str, root: Path, reason: str) -> str:
     )
 
 
-def _have_files(name: str, root: Path) -> bool:
+def _raw_files(name: str, root: Path) -> list[Path | None]:
+    """Each file the dataset's class reads, as present under `root`: itself,
+    else its .gz, else None."""
     _, folder, files, _, _ = DATASETS[name]
-    return all(
-        (root / folder / f).exists() or (root / folder / f"{f}.gz").exists()
-        for f in files
-    )
+    present = []
+    for f in files:
+        found = [
+            p for p in (root / folder / f, root / folder / f"{f}.gz") if p.exists()
+        ]
+        present.append(found[0] if found else None)
+    return present
+
+
+def _have_files(name: str, root: Path) -> bool:
+    return all(path is not None for path in _raw_files(name, root))
 
 
 def _torchvision(name: str, root: Path, train: bool, download: bool):
@@ -150,33 +159,21 @@ def _decoded(name: str, root: Path, train: bool):
     "datasets", a file per split, keyed by the files' paths, sizes and times):
     a later process loads the tensors without importing torchvision (about
     1.1 s of a training process here). Corrupt or unwritable cache: decode."""
-    _, folder, files, _, _ = DATASETS[name]
     stamps = [str(root.resolve())]
-    for f in files:
-        for path in (root / folder / f, root / folder / f"{f}.gz"):
-            if path.exists():
-                stat = path.stat()
-                stamps.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    for path in _raw_files(name, root):
+        stat = path.stat()
+        stamps.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
     digest = hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]
     split = "train" if train else "test"
     cached = cache_dir() / "datasets" / f"{name}-{split}-{digest}.pt"
     if cached.exists():
-        try:
+        with contextlib.suppress(Exception):  # unreadable: decoded and replaced below
             data = torch.load(cached, weights_only=True)
             return data["inputs"], data["labels"]
-        except Exception:  # noqa: BLE001 - unreadable: decode and write it again
-            with contextlib.suppress(OSError):
-                cached.unlink(missing_ok=True)
     inputs, labels = _read(name, root, train)
-    tmp = None
-    try:
+    with contextlib.suppress(OSError):  # a read-only or full cache: decode again
         cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
-            torch.save({"inputs": inputs, "labels": labels}, tmp)
-        os.replace(tmp.name, cached)  # whole or not at all, for a parallel run
-    except OSError:  # a read-only or full cache: decode every time
-        if tmp is not None:
-            Path(tmp.name).unlink(missing_ok=True)
+        save_atomically({"inputs": inputs, "labels": labels}, cached)
     return inputs, labels
 
 
