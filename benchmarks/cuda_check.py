@@ -7,9 +7,10 @@ passed, and one that fails does not stop the others:
 
 1. exactness on CUDA, for every spec in specs/ (batch 128, same weights, same
    batch): every trainable variant of `snncompile bench` (snncompile's per-step
-   schedule, the Leaky step loops, torch.compile'd neurons, whole-model
-   torch.compile, and the snnTorch tutorial loop on the GPU where it can express
-   the spec) against eager `build()`: identical spikes of every spiking layer,
+   schedule, the plain model's Leaky step loops, torch.compile'd neurons,
+   whole-model torch.compile, and the snnTorch tutorial loop on the GPU where it
+   can express the spec) against its eager row (`build()` on the fused kernels,
+   harness benchmarks/bench.py): identical spikes of every spiking layer,
    loss and every gradient allclose (not the snnTorch loop's gradients: its
    weights have other names);
 2. `snncompile train` of mnist_fc for one epoch on the GPU, compiled (the
@@ -54,14 +55,17 @@ class Log:
 
 # --------------------------------------------------------------------------- exactness
 def exactness(spec_path: Path, log, device: str, batch: int = 128) -> dict:
-    """Every trainable variant of `snncompile bench` on `device` against eager
-    build(), one forward and backward from the same weights on the same batch."""
+    """Every trainable variant of `snncompile bench` on `device` against its
+    eager row (build() on the fused kernels), one forward and backward from the
+    same weights on the same batch."""
     import argparse
 
     import torch
 
     import snncompile
-    from snncompile.bench import Bench, compare_outputs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness
+    from bench import Bench, compare_outputs
 
     options = argparse.Namespace(
         batch=batch,

@@ -5,7 +5,7 @@ compiled and onnxruntime (a thin wrapper around `snncompile bench`).
     python benchmarks/run.py specs/mnist_csnn.yaml --repeats 5
 
 Every option of `snncompile bench` applies (see `snncompile bench --help` and the
-docstring of snncompile/bench.py for the method): --batch, --repeats, --run, --warmup,
+docstring of benchmarks/bench.py for the method): --batch, --repeats, --run, --warmup,
 --no-compile, --reference auto|snntorch|step, --rss, --threads, --seed, --json.
 """
 

@@ -1,11 +1,23 @@
-"""Smoke test of `snncompile bench` on a tiny synthetic spec (no timing claims)."""
+"""Smoke test of `snncompile bench` on a tiny synthetic spec (no timing claims).
 
+The harness is benchmarks/bench.py, loaded from this checkout by
+snncompile/benchmark.py (the command's thin entry)."""
+
+import importlib.util
 import json
 
 import pytest
 import torch
 
+from snncompile import benchmark
 from snncompile.cli import main
+
+
+def _harness():
+    module = benchmark.harness()
+    assert module is not None, "benchmarks/bench.py is missing from this checkout"
+    return module
+
 
 TINY = """\
 snncompile: 1
@@ -119,7 +131,7 @@ def test_compare_outputs_counts_near_threshold_partings():
     """An output neuron that fires in one run and not the other where the two
     membranes agree to rounding is counted, not failed; one where they differ
     more, or any hidden-layer difference, is a real difference."""
-    from snncompile.bench import compare_outputs
+    compare_outputs = _harness().compare_outputs
 
     mem = torch.tensor([[[0.5, 0.2]], [[1.0000001, 0.3]], [[0.4, 0.9]]])
     spk = (mem > 1.0).float()
@@ -145,7 +157,8 @@ def test_native_note_says_built_or_loaded(monkeypatch):
     """The native row's build (or load) happens before any timed call; the
     bench says which, and how long it took."""
     from snncompile import native
-    from snncompile.bench import native_note
+
+    native_note = _harness().native_note
 
     monkeypatch.setitem(native.STATS, "seconds", 3.25)
     monkeypatch.setitem(native.STATS, "builds", 1)
@@ -153,3 +166,25 @@ def test_native_note_says_built_or_loaded(monkeypatch):
     monkeypatch.setitem(native.STATS, "builds", 0)
     assert native_note().startswith("native kernels loaded from")
     assert "3.25 s" in native_note()
+
+
+def test_package_ships_no_harness():
+    """The harness lives in benchmarks/, not in the installed package."""
+    assert importlib.util.find_spec("snncompile.bench") is None
+    assert benchmark.HARNESS.parent.name == "benchmarks"
+    assert benchmark.harness().__file__ == str(benchmark.HARNESS)
+
+
+def test_bench_without_harness_says_so(tmp_path, monkeypatch, capsys):
+    """Where benchmarks/bench.py is missing (a wheel install) the command gives
+    one line of error and exit status 2, whatever options follow the spec."""
+    monkeypatch.setattr(benchmark, "HARNESS", tmp_path / "benchmarks" / "bench.py")
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    assert main(["bench", str(spec), "--repeats", "3", "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    message = (
+        "error: snncompile bench needs a source checkout: benchmarks/bench.py is "
+        "not installed with the package; clone the repository and pip install -e ."
+    )
+    assert err.splitlines() == [message]

@@ -1,12 +1,17 @@
 """`snncompile bench SPEC`: one network, every way of running it, side by side.
 
+The benchmark harness. It is no part of the installed package: `snncompile
+bench` (snncompile/benchmark.py) loads this file from a source checkout.
+
     snncompile bench specs/mnist_fc.yaml [--batch 128] [--repeats 20] [--run 5]
                      [--warmup 3]
                      [--no-compile] [--reference auto|snntorch|step] [--rss]
                      [--threads N] [--clock wall|process] [--plain-optimizer]
                      [--seed N] [--json FILE]
 
-Variants (all start from the same weights, copied from one `build(spec)`):
+Variants (all start from the same weights, copied from one `build(spec)`; `build`
+gives the plain model, the very code `snncompile codegen` writes, and
+`snncompile.lower.optimize.apply(net, mode)` puts the fast kernels on top):
 
 - reference: the per-step loop as the snnTorch tutorials write it - every layer
   called at every step, `snntorch.Leaky` neurons (tutorial 5 recomputes fc1 25
@@ -15,21 +20,27 @@ Variants (all start from the same weights, copied from one `build(spec)`):
   without snntorch, it is snncompile's per-step schedule `build(spec,
   schedule="step")`, labelled "per-step loop".
 - step schedule: `build(spec, schedule="step")`, shown when the reference is snnTorch.
-- eager, Leaky step loops: `build(spec)` with every neuron on its plain step loop
-  (`loop`), shown for specs with Leaky neurons: what the fused kernel saves.
-- eager: `build(spec)`, the layered schedule (time-invariant prefix hoisted,
-  stateless layers batched over [T * B, ...], every Leaky by the fused kernel of
-  `runtime/fused.py`: one autograd node per layer, hidden layers without
-  membrane record).
-- native: `snncompile.compile(spec)`, what `snncompile train` runs: Leaky layers
+- eager, Leaky step loops: `build(spec)` as it comes, the plain model: the
+  layered schedule with every neuron on its plain step loop; shown for specs
+  with neurons that have a fused kernel (Leaky): what the fused kernels save.
+- eager: `apply(build(spec), "none")` (`--compile none`), the layered schedule
+  (time-invariant prefix hoisted, stateless layers batched over [T * B, ...])
+  with the fast kernels of lower/kernels.py and no compiling: every Leaky by
+  the fused kernel of `runtime/fused.py` (one autograd node per layer, hidden
+  layers without membrane record), a hidden Leaky and the narrow linear layer
+  it feeds as one node.
+- native: `apply(build(spec), "native")`, as `snncompile.compile(spec)` and
+  `snncompile train` run it: Leaky layers
   on snncompile's C kernels (snncompile/native: the fused kernel's forward and
   backward loops; a hidden layer's forward also sums the linear layer after it,
   in its own order), other neurons as in the next row; shown where a C compiler
   works.
-- torch.compile neurons: `compile(spec, mode="neurons")`: every neuron loop
+- torch.compile neurons: `apply(build(spec), "neurons")`, as
+  `compile(spec, mode="neurons")`: every neuron loop
   torch.compile'd (Leaky: the fused kernel's forward and backward loops, one
   C++ loop each), the rest as eager (lower/optimize.py).
-- whole-model torch.compile: `torch.compile` of the eager model's forward
+- whole-model torch.compile: `apply(build(spec), "model")`, as
+  `compile(spec, whole=True)`: `torch.compile` of the plain model's forward
   (default settings). Compile time (both compiled variants) = first call minus
   a normal call, for training and for inference (separate graphs); inductor's
   on-disk cache from an earlier run makes it much shorter than a cold compile.
@@ -89,17 +100,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import registry
-from .lower.optimize import (
-    apply,
-    native_problem,
-    neurons,
-    tune_allocator,
-)
-from .quiet import quiet_stderr
-from .runtime import decode as decode_module
-from .spec.errors import UserError
-from .train.loop import make_loss, make_optimizer
+from snncompile import registry
+from snncompile.lower.optimize import apply, native_problem, tune_allocator
+from snncompile.quiet import quiet_stderr
+from snncompile.runtime import decode as decode_module
+from snncompile.spec.errors import UserError
+from snncompile.train.loop import make_loss, make_optimizer
 
 SNNTORCH_SURROGATES = {  # spec surrogate -> (snntorch.surrogate function, fields)
     "atan": ("atan", ("alpha",)),
@@ -233,6 +239,8 @@ def snntorch_reason(graph) -> str | None:
         return "snntorch is not installed"
     if graph.encoding["type"] != "direct":
         return f"{graph.encoding['type']} encoding"
+    if not graph.is_chain():  # the tutorial loop calls its layers in a row
+        return "a layer graph with branches"
     for node in graph.nodes:
         p = node.params
         if node.stateful:
@@ -352,9 +360,10 @@ class Bench:
             if reason and args.reference == "auto":
                 self.notes.append(f"reference is the per-step schedule ({reason})")
             plan.append(("reference", "per-step loop", lambda: self._copy("step")))
-        if any(n.type == "leaky" for n in graph.neuron_nodes):
-            plan.append(("loops", "snncompile eager, Leaky step loops", self._loops))
-        plan.append(("eager", "snncompile eager", lambda: self.base))
+        if any(n.descriptor.fused_kernel for n in graph.neuron_nodes):
+            # the plain model, as build() gives it: every neuron's step loop
+            plan.append(("loops", "snncompile eager, Leaky step loops", self._copy))
+        plan.append(("eager", "snncompile eager", lambda: apply(self._copy(), "none")))
         if not args.no_compile:
             why = "the C kernels run on the CPU"
             if self.device.type == "cpu":
@@ -409,16 +418,9 @@ class Bench:
             )
         return out
 
-    def _loops(self):
-        """eager, but every neuron on its plain step loop (Leaky without its kernel)."""
-        net = self._copy()
-        for module in neurons(net):
-            module.fused = False
-        return net
-
     def _onnx_variant(self) -> Variant | None:
         try:
-            from .export.onnx import export_onnx
+            from snncompile.export.onnx import export_onnx
         except ImportError as err:
             self.notes.append(f"onnxruntime skipped: exporter not importable ({err})")
             return None
@@ -663,7 +665,7 @@ def near_threshold_flips(spk, mem, spk_ref, mem_ref) -> int | None:
 def native_note() -> str:
     """What the native row's kernels cost this process before any step (not in
     its compile column): built here, or loaded from the cache."""
-    from . import native
+    from snncompile import native
 
     seconds = native.STATS["seconds"]
     where = native.cache_dir() / "native"
@@ -747,9 +749,14 @@ def rss_probe(spec_path: str, key: str, args) -> dict:
         "plain_optimizer": args.plain_optimizer,
         "steps": max(3, args.warmup + 2),
     }
-    code = "import sys, snncompile.bench as b; b._rss_child(sys.argv[1])"
     done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(options)],
+        [
+            sys.executable,
+            "-c",
+            RSS_CHILD,
+            str(Path(__file__).resolve()),
+            json.dumps(options),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -757,6 +764,17 @@ def rss_probe(spec_path: str, key: str, args) -> dict:
     if done.returncode != 0:
         return {"peak_mb": None, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# the child loads this file by its path, as snncompile/benchmark.py does
+RSS_CHILD = """\
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("snncompile_benchmarks_bench", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+module._rss_child(sys.argv[2])
+"""
 
 
 def _rss_child(options_json: str) -> None:
@@ -879,6 +897,6 @@ def format_report(report: dict) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
+    from snncompile.cli import main
 
     sys.exit(main(["bench", *sys.argv[1:]]))
