@@ -1,15 +1,10 @@
-"""Train `fashion_recurrent_latency` on Fashion-MNIST with plain PyTorch.
-
-A spiking neural network and its training, generated from the spec `fashion_recurrent_latency` by
-`snncompile codegen`: change the spec and regenerate rather than editing this
-file. Needs only torch and torchvision:
+"""Train `fashion_recurrent_latency` on Fashion-MNIST with plain PyTorch; needs only torch and torchvision:
 
     python fashion_recurrent_latency.py --data-root DATA --epochs 1 --out runs/fashion_recurrent_latency
 
-Every epoch prints the training loss and accuracy and the test loss and accuracy;
---out receives metrics.json and model.pt (the trained state_dict). The model
-alone is `Net`: input [B, 1, 28, 28] -> (spk, mem) of the output layer,
-each [T, B, 10].
+Generated from the spec `fashion_recurrent_latency` by `snncompile codegen` (regenerate rather than
+edit). `Net` maps input [B, 1, 28, 28] to (spk, mem) of the output layer,
+each [T, B, 10]; --out receives metrics.json and model.pt.
 """
 
 import argparse
@@ -55,19 +50,10 @@ class FastSigmoid(torch.autograd.Function):
         return grad / (ctx.slope * torch.abs(x) + 1.0) ** 2, None
 
 
-def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
-    """`function` through torch.compile, wrapped once per function (dynamo then
-    compiles it once per layer and shape; static shapes: the fastest kernels)."""
-    if function not in kernels:
-        kernels[function] = torch.compile(function, dynamic=False)
-    return kernels[function]
-
-
 class SpikingNeuron(nn.Module):
     """Parameters, firing and the time loop shared by every neuron type."""
 
     state_names = ("mem",)
-    compiled = False  # run the time loop through torch.compile (see module doc)
 
     def __init__(
         self,
@@ -116,12 +102,6 @@ class SpikingNeuron(nn.Module):
     def forward(self, cur, record_mem=True):
         """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
         `record_mem` (a hidden layer passes on only its spikes)."""
-        if self.compiled and not torch.compiler.is_compiling():
-            return torch_compiled(type(self).loop)(self, cur, record_mem)
-        return self.loop(cur, record_mem)
-
-    def loop(self, cur, record_mem=True):
-        """The time loop: `step` once per step (what forward runs)."""
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T
@@ -188,7 +168,7 @@ class RLeaky(SpikingNeuron):
 def time_batched(layer, x):
     """Run `layer` once over all steps: [T, B, ...] -> [T * B, ...] -> [T, B, ...]."""
     out = layer(x.flatten(0, 1))
-    return out.unflatten(0, x.shape[:2])
+    return out.reshape(x.shape[0], -1, *out.shape[1:])
 
 
 def encode_latency(
@@ -235,49 +215,28 @@ class Net(nn.Module):
         # layers[0] flatten1 (flatten): [1, 28, 28] -> [784]
         self.flatten1 = nn.Flatten()
         # layers[1] fc1 (linear): [784] -> [256]
-        self.fc1 = nn.Linear(
-            784,
-            256,
-            bias=True,
-        )
+        self.fc1 = nn.Linear(784, 256)
         # layers[2] rlif1 (rleaky): [256] -> [256]; state: spk, mem
         self.rlif1 = RLeaky(
             (256,),
             beta=0.9,
-            threshold=1.0,
-            reset="subtract",
             learn_beta=True,
-            learn_threshold=False,
-            per_neuron=False,
             surrogate=FastSigmoid,
             surrogate_args=(25.0,),
-            recurrent=Recurrent(
-                "linear",
-                features=256,
-            ),
+            recurrent=Recurrent("linear", features=256),
         )
         # layers[3] fc2 (linear): [256] -> [10]
-        self.fc2 = nn.Linear(
-            256,
-            10,
-            bias=True,
-        )
+        self.fc2 = nn.Linear(256, 10)
         # layers[4] rlif2 (rleaky): [10] -> [10]; state: spk, mem
         self.rlif2 = RLeaky(
             (10,),
             beta=0.9,
-            threshold=1.0,
-            reset="subtract",
             learn_beta=True,
             learn_threshold=True,
             per_neuron=True,
             surrogate=FastSigmoid,
             surrogate_args=(25.0,),
-            recurrent=Recurrent(
-                "one_to_one",
-                V=0.5,
-                learn=True,
-            ),
+            recurrent=Recurrent("one_to_one", V=0.5, learn=True),
         )
 
     def forward(self, x, all_spikes=False):
@@ -285,7 +244,7 @@ class Net(nn.Module):
 
         With all_spikes=True, also returns every spiking layer's spikes by name.
         """
-        h = encode_latency(
+        x = encode_latency(
             x,
             self.steps,
             tau=5.0,
@@ -294,11 +253,10 @@ class Net(nn.Module):
             normalize=True,
             clip=False,
         )  # [T, B, ...]
-        h = time_batched(self.flatten1, h)  # [784]
+        h = time_batched(self.flatten1, x)  # [784]
         h = time_batched(self.fc1, h)  # [256]
         spk_rlif1, _ = self.rlif1(h, record_mem=False)
-        h = spk_rlif1
-        h = time_batched(self.fc2, h)  # [10]
+        h = time_batched(self.fc2, spk_rlif1)  # [10]
         spk_rlif2, mem_rlif2 = self.rlif2(h)
         if all_spikes:
             return spk_rlif2, mem_rlif2, {"rlif1": spk_rlif1, "rlif2": spk_rlif2}
@@ -365,14 +323,7 @@ def to_input(x):
 
 def make_optimizer(model):
     """The spec's optimizer over all parameters of the model."""
-    return torch.optim.Adam(
-        model.parameters(),
-        lr=0.001,
-        betas=(0.9, 0.999),
-        eps=1e-08,
-        weight_decay=0.0,
-        fused=True,
-    )
+    return torch.optim.Adam(model.parameters(), lr=0.001, fused=True)
 
 
 def make_scheduler(optimizer, per_epoch):
@@ -399,26 +350,19 @@ def evaluate(model, inputs, labels, seed):
     """Test loss and accuracy; the same input encoding every time (seeded)."""
     model.eval()
     torch.manual_seed(seed)
-    total = torch.zeros((), device=labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    total, correct = torch.zeros((), device=labels.device), 0
     for start in range(0, len(labels), EVAL_BATCH_SIZE):
         x = to_input(inputs[start : start + EVAL_BATCH_SIZE])
         y = labels[start : start + EVAL_BATCH_SIZE]
         loss, spk, mem = forward_loss(model, x, y)
         total += loss * y.shape[0]
         correct += accuracy(decode_max_membrane(spk, mem), y)
-    return total.item() / len(labels), correct.item() / len(labels)
+    return total.item() / len(labels), int(correct) / len(labels)
 
 
 def epoch_seed(seed, epoch):
     """Seed of an epoch: its data order and every random draw in it."""
     return (seed * 1_000_003 + epoch) % 2**63
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(
@@ -431,14 +375,14 @@ def train(
     compile=False,
 ):
     """Train from seeded initial weights; returns (model, metrics). `compile`:
-    every neuron's time loop through torch.compile (faster; the same forward
-    values, gradients equal up to float summation order)."""
-    device = pick_device(device)
+    each neuron layer through torch.compile (the same spikes, faster)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     model = Net().to(device)
     for module in model.modules():
-        if isinstance(module, SpikingNeuron):
-            module.compiled = compile
+        if compile and isinstance(module, SpikingNeuron):
+            module.compile()  # its time loop as one fused kernel
     train_inputs, train_labels = load_split(data_root, True, limit_train, device)
     test_inputs, test_labels = load_split(data_root, False, limit_test, device)
     per_epoch = len(train_labels) // BATCH_SIZE
@@ -452,9 +396,7 @@ def train(
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         order = torch.randperm(len(train_labels), generator=generator).to(device)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        started = time.perf_counter()
+        loss_sum, correct, started = 0, 0, time.perf_counter()
         for start in range(0, per_epoch * BATCH_SIZE, BATCH_SIZE):
             index = order[start : start + BATCH_SIZE]
             x, y = to_input(train_inputs[index]), train_labels[index]
@@ -462,32 +404,21 @@ def train(
             scheduler.step()
             loss_sum += loss
             correct += accuracy(decode_max_membrane(spk, mem), y)
-        entry = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / per_epoch,
-            "train_accuracy": correct.item() / (per_epoch * BATCH_SIZE),
-            "seconds": time.perf_counter() - started,
-        }
-        text = (
-            f"epoch {epoch}/{epochs}: train loss {entry['train_loss']:.4f}, "
-            f"accuracy {entry['train_accuracy']:.2%} ({entry['seconds']:.1f} s)"
-        )
-        test_loss, test_accuracy = evaluate(model, test_inputs, test_labels, seed)
-        entry.update(test_loss=test_loss, test_accuracy=test_accuracy)
-        text += f"; test loss {test_loss:.4f}, accuracy {test_accuracy:.2%}"
+        entry = {"epoch": epoch, "train_loss": float(loss_sum) / per_epoch}
+        entry["train_accuracy"] = int(correct) / (per_epoch * BATCH_SIZE)
+        entry["seconds"] = time.perf_counter() - started
+        test = evaluate(model, test_inputs, test_labels, seed)
+        entry["test_loss"], entry["test_accuracy"] = test
+        text = f"epoch {epoch}/{epochs}: train loss {entry['train_loss']:.4f}, "
+        text += f"accuracy {entry['train_accuracy']:.2%} ({entry['seconds']:.1f} s)"
+        if "test_loss" in entry:
+            text += f"; test loss {test[0]:.4f}, accuracy {test[1]:.2%}"
         print(text, flush=True)
         history.append(entry)
-    metrics = {
-        "name": NAME,
-        "seed": seed,
-        "device": str(device),
-        "epochs": epochs,
-        "train_samples": len(train_labels),
-        "test_samples": len(test_labels),
-        "test_accuracy": history[-1]["test_accuracy"],
-        "test_loss": history[-1]["test_loss"],
-        "history": history,
-    }
+    metrics = {"name": NAME, "seed": seed, "device": str(device), "epochs": epochs}
+    metrics.update(train_samples=len(train_labels), test_samples=len(test_labels))
+    metrics.update(test_accuracy=history[-1]["test_accuracy"], history=history)
+    metrics["test_loss"] = history[-1]["test_loss"]
     return model, metrics
 
 
@@ -500,20 +431,10 @@ def main(argv=None):
     parser.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:1...")
     parser.add_argument("--limit-train", type=int, default=LIMIT_TRAIN, metavar="N")
     parser.add_argument("--limit-test", type=int, default=LIMIT_TEST, metavar="N")
-    parser.add_argument(
-        "--compile", action="store_true", help="neuron loops through torch.compile"
-    )
-    args = parser.parse_args(argv)
-    model, metrics = train(
-        args.data_root,
-        args.epochs,
-        args.seed,
-        args.device,
-        args.limit_train,
-        args.limit_test,
-        args.compile,
-    )
-    out = Path(args.out)
+    parser.add_argument("--compile", action="store_true", help="torch.compile neurons")
+    args = vars(parser.parse_args(argv))
+    out = Path(args.pop("out"))
+    model, metrics = train(**args)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     torch.save(model.state_dict(), out / "model.pt")

@@ -1,15 +1,10 @@
-"""Train `mnist_synaptic_rate` on MNIST with plain PyTorch.
-
-A spiking neural network and its training, generated from the spec `mnist_synaptic_rate` by
-`snncompile codegen`: change the spec and regenerate rather than editing this
-file. Needs only torch and torchvision:
+"""Train `mnist_synaptic_rate` on MNIST with plain PyTorch; needs only torch and torchvision:
 
     python mnist_synaptic_rate.py --data-root DATA --epochs 1 --out runs/mnist_synaptic_rate
 
-Every epoch prints the training loss and accuracy and the test loss and accuracy;
---out receives metrics.json and model.pt (the trained state_dict). The model
-alone is `Net`: input [B, 1, 28, 28] -> (spk, mem) of the output layer,
-each [T, B, 10].
+Generated from the spec `mnist_synaptic_rate` by `snncompile codegen` (regenerate rather than
+edit). `Net` maps input [B, 1, 28, 28] to (spk, mem) of the output layer,
+each [T, B, 10]; --out receives metrics.json and model.pt.
 """
 
 import argparse
@@ -57,19 +52,10 @@ class ATan(torch.autograd.Function):
         return alpha / 2 / (1 + (math.pi / 2 * alpha * x).pow(2)) * grad, None
 
 
-def torch_compiled(function, kernels={}):  # noqa: B006 - the cache, on purpose
-    """`function` through torch.compile, wrapped once per function (dynamo then
-    compiles it once per layer and shape; static shapes: the fastest kernels)."""
-    if function not in kernels:
-        kernels[function] = torch.compile(function, dynamic=False)
-    return kernels[function]
-
-
 class SpikingNeuron(nn.Module):
     """Parameters, firing and the time loop shared by every neuron type."""
 
     state_names = ("mem",)
-    compiled = False  # run the time loop through torch.compile (see module doc)
 
     def __init__(
         self,
@@ -118,12 +104,6 @@ class SpikingNeuron(nn.Module):
     def forward(self, cur, record_mem=True):
         """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
         `record_mem` (a hidden layer passes on only its spikes)."""
-        if self.compiled and not torch.compiler.is_compiling():
-            return torch_compiled(type(self).loop)(self, cur, record_mem)
-        return self.loop(cur, record_mem)
-
-    def loop(self, cur, record_mem=True):
-        """The time loop: `step` once per step (what forward runs)."""
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T
@@ -166,7 +146,7 @@ class Synaptic(SpikingNeuron):
 def time_batched(layer, x):
     """Run `layer` once over all steps: [T, B, ...] -> [T * B, ...] -> [T, B, ...]."""
     out = layer(x.flatten(0, 1))
-    return out.unflatten(0, x.shape[:2])
+    return out.reshape(x.shape[0], -1, *out.shape[1:])
 
 
 def encode_rate(x, steps, gain=1.0, generator=None):
@@ -193,46 +173,23 @@ class Net(nn.Module):
         # layers[0] flatten1 (flatten): [1, 28, 28] -> [784]
         self.flatten1 = nn.Flatten()
         # layers[1] fc1 (linear): [784] -> [500]
-        self.fc1 = nn.Linear(
-            784,
-            500,
-            bias=True,
-        )
+        self.fc1 = nn.Linear(784, 500)
         # layers[2] syn1 (synaptic): [500] -> [500]; state: syn, mem
         self.syn1 = Synaptic(
-            (500,),
-            alpha=0.9,
-            beta=0.8,
-            threshold=1.0,
-            reset="subtract",
-            learn_beta=False,
-            learn_threshold=False,
-            learn_alpha=False,
-            per_neuron=False,
-            surrogate=ATan,
-            surrogate_args=(2.0,),
+            (500,), beta=0.8, surrogate=ATan, surrogate_args=(2.0,), alpha=0.9
         )
         # layers[3] dropout1 (dropout): [500] -> [500]
         self.dropout1 = nn.Dropout(p=0.1)
         # layers[4] fc2 (linear): [500] -> [10]
-        self.fc2 = nn.Linear(
-            500,
-            10,
-            bias=True,
-        )
+        self.fc2 = nn.Linear(500, 10)
         # layers[5] syn2 (synaptic): [10] -> [10]; state: syn, mem
         self.syn2 = Synaptic(
             (10,),
-            alpha=0.9,
             beta=0.8,
-            threshold=1.0,
             reset="zero",
-            learn_beta=False,
-            learn_threshold=False,
-            learn_alpha=False,
-            per_neuron=False,
             surrogate=ATan,
             surrogate_args=(2.0,),
+            alpha=0.9,
         )
 
     def forward(self, x, all_spikes=False):
@@ -240,12 +197,11 @@ class Net(nn.Module):
 
         With all_spikes=True, also returns every spiking layer's spikes by name.
         """
-        h = encode_rate(x, self.steps, gain=1.0)  # [T, B, ...]
-        h = time_batched(self.flatten1, h)  # [784]
+        x = encode_rate(x, self.steps, gain=1.0)  # [T, B, ...]
+        h = time_batched(self.flatten1, x)  # [784]
         h = time_batched(self.fc1, h)  # [500]
         spk_syn1, _ = self.syn1(h, record_mem=False)
-        h = spk_syn1
-        h = time_batched(self.dropout1, h)  # [500]
+        h = time_batched(self.dropout1, spk_syn1)  # [500]
         h = time_batched(self.fc2, h)  # [10]
         spk_syn2, mem_syn2 = self.syn2(h)
         if all_spikes:
@@ -323,14 +279,7 @@ def to_input(x):
 
 def make_optimizer(model):
     """The spec's optimizer over all parameters of the model."""
-    return torch.optim.AdamW(
-        model.parameters(),
-        lr=0.002,
-        betas=(0.9, 0.999),
-        eps=1e-08,
-        weight_decay=0.01,
-        fused=True,
-    )
+    return torch.optim.AdamW(model.parameters(), lr=0.002, fused=True)
 
 
 def make_scheduler(optimizer, total):
@@ -357,26 +306,19 @@ def evaluate(model, inputs, labels, seed):
     """Test loss and accuracy; the same input encoding every time (seeded)."""
     model.eval()
     torch.manual_seed(seed)
-    total = torch.zeros((), device=labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    total, correct = torch.zeros((), device=labels.device), 0
     for start in range(0, len(labels), EVAL_BATCH_SIZE):
         x = to_input(inputs[start : start + EVAL_BATCH_SIZE])
         y = labels[start : start + EVAL_BATCH_SIZE]
         loss, spk, mem = forward_loss(model, x, y)
         total += loss * y.shape[0]
         correct += accuracy(decode_rate(spk, mem), y)
-    return total.item() / len(labels), correct.item() / len(labels)
+    return total.item() / len(labels), int(correct) / len(labels)
 
 
 def epoch_seed(seed, epoch):
     """Seed of an epoch: its data order and every random draw in it."""
     return (seed * 1_000_003 + epoch) % 2**63
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(
@@ -389,14 +331,14 @@ def train(
     compile=False,
 ):
     """Train from seeded initial weights; returns (model, metrics). `compile`:
-    every neuron's time loop through torch.compile (faster; the same forward
-    values, gradients equal up to float summation order)."""
-    device = pick_device(device)
+    each neuron layer through torch.compile (the same spikes, faster)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     model = Net().to(device)
     for module in model.modules():
-        if isinstance(module, SpikingNeuron):
-            module.compiled = compile
+        if compile and isinstance(module, SpikingNeuron):
+            module.compile()  # its time loop as one fused kernel
     train_inputs, train_labels = load_split(data_root, True, limit_train, device)
     test_inputs, test_labels = load_split(data_root, False, limit_test, device)
     per_epoch = len(train_labels) // BATCH_SIZE
@@ -410,9 +352,7 @@ def train(
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         order = torch.randperm(len(train_labels), generator=generator).to(device)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        started = time.perf_counter()
+        loss_sum, correct, started = 0, 0, time.perf_counter()
         for start in range(0, per_epoch * BATCH_SIZE, BATCH_SIZE):
             index = order[start : start + BATCH_SIZE]
             x, y = to_input(train_inputs[index]), train_labels[index]
@@ -420,32 +360,21 @@ def train(
             scheduler.step()
             loss_sum += loss
             correct += accuracy(decode_rate(spk, mem), y)
-        entry = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / per_epoch,
-            "train_accuracy": correct.item() / (per_epoch * BATCH_SIZE),
-            "seconds": time.perf_counter() - started,
-        }
-        text = (
-            f"epoch {epoch}/{epochs}: train loss {entry['train_loss']:.4f}, "
-            f"accuracy {entry['train_accuracy']:.2%} ({entry['seconds']:.1f} s)"
-        )
-        test_loss, test_accuracy = evaluate(model, test_inputs, test_labels, seed)
-        entry.update(test_loss=test_loss, test_accuracy=test_accuracy)
-        text += f"; test loss {test_loss:.4f}, accuracy {test_accuracy:.2%}"
+        entry = {"epoch": epoch, "train_loss": float(loss_sum) / per_epoch}
+        entry["train_accuracy"] = int(correct) / (per_epoch * BATCH_SIZE)
+        entry["seconds"] = time.perf_counter() - started
+        test = evaluate(model, test_inputs, test_labels, seed)
+        entry["test_loss"], entry["test_accuracy"] = test
+        text = f"epoch {epoch}/{epochs}: train loss {entry['train_loss']:.4f}, "
+        text += f"accuracy {entry['train_accuracy']:.2%} ({entry['seconds']:.1f} s)"
+        if "test_loss" in entry:
+            text += f"; test loss {test[0]:.4f}, accuracy {test[1]:.2%}"
         print(text, flush=True)
         history.append(entry)
-    metrics = {
-        "name": NAME,
-        "seed": seed,
-        "device": str(device),
-        "epochs": epochs,
-        "train_samples": len(train_labels),
-        "test_samples": len(test_labels),
-        "test_accuracy": history[-1]["test_accuracy"],
-        "test_loss": history[-1]["test_loss"],
-        "history": history,
-    }
+    metrics = {"name": NAME, "seed": seed, "device": str(device), "epochs": epochs}
+    metrics.update(train_samples=len(train_labels), test_samples=len(test_labels))
+    metrics.update(test_accuracy=history[-1]["test_accuracy"], history=history)
+    metrics["test_loss"] = history[-1]["test_loss"]
     return model, metrics
 
 
@@ -458,20 +387,10 @@ def main(argv=None):
     parser.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:1...")
     parser.add_argument("--limit-train", type=int, default=LIMIT_TRAIN, metavar="N")
     parser.add_argument("--limit-test", type=int, default=LIMIT_TEST, metavar="N")
-    parser.add_argument(
-        "--compile", action="store_true", help="neuron loops through torch.compile"
-    )
-    args = parser.parse_args(argv)
-    model, metrics = train(
-        args.data_root,
-        args.epochs,
-        args.seed,
-        args.device,
-        args.limit_train,
-        args.limit_test,
-        args.compile,
-    )
-    out = Path(args.out)
+    parser.add_argument("--compile", action="store_true", help="torch.compile neurons")
+    args = vars(parser.parse_args(argv))
+    out = Path(args.pop("out"))
+    model, metrics = train(**args)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     torch.save(model.state_dict(), out / "model.pt")

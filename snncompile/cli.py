@@ -32,7 +32,7 @@ COMMANDS = {  # name -> (module, one-line help)
         "export ONNX (sequence or step) and verify it",
     ),
     "bench": (
-        "snncompile.bench",
+        "snncompile.benchmark",
         "benchmark training/inference against the snnTorch loop",
     ),
 }
@@ -107,7 +107,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         {
             "name": n.name,
             "type": n.type,
+            "inputs": list(n.inputs),
             "input": list(n.in_shape),
+            "input_shapes": [list(s) for s in n.in_shapes],
             "output": list(n.out_shape),
             "parameters": n.num_params,
             "neurons": n.neurons,
@@ -129,9 +131,11 @@ def run_inspect(args: argparse.Namespace) -> int:
             json.dumps({"name": graph.name, "layers": rows, "totals": totals}, indent=2)
         )
         return 0
+    graph_columns = not graph.is_chain()  # a DAG: which layers each one reads
     header = [
         "name",
         "type",
+        *(["reads"] if graph_columns else []),
         "input",
         "output",
         "params",
@@ -143,7 +147,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         [
             r["name"],
             r["type"],
-            _shape(r["input"]),
+            *([",".join(r["inputs"])] if graph_columns else []),
+            " + ".join(_shape(s) for s in r["input_shapes"]),
             _shape(r["output"]),
             f"{r['parameters']:,}",
             f"{r['neurons']:,}" if r["neurons"] else "-",
@@ -155,7 +160,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     widths = [
         max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)
     ]
-    right = {4, 5}
+    right = {4 + graph_columns, 5 + graph_columns}
     fmt = lambda row: "  ".join(
         c.rjust(w) if i in right else c.ljust(w)
         for i, (c, w) in enumerate(zip(row, widths))

@@ -8,15 +8,24 @@ import sys
 
 
 @contextlib.contextmanager
-def quiet_stderr():
-    """Point file descriptor 2 at /dev/null meanwhile (C++ code writes there
-    directly, past sys.stderr)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def _quiet(fd: int, stream):
+    """Point file descriptor `fd` at /dev/null meanwhile (C++ code writes there
+    directly, past Python's `stream`)."""
+    stream.flush()
+    saved = os.dup(fd)
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            os.dup2(null.fileno(), fd)
         yield
     finally:
-        os.dup2(saved, 2)
+        stream.flush()
+        os.dup2(saved, fd)
         os.close(saved)
+
+
+def quiet_stderr():
+    return _quiet(2, sys.stderr)
+
+
+def quiet_stdout():
+    return _quiet(1, sys.stdout)

@@ -20,7 +20,13 @@ import torch
 
 import snncompile
 from snncompile.cli import main as cli
-from snncompile.codegen.render import render_model, render_net, render_script
+from snncompile.codegen.render import (
+    render_forward,
+    render_model,
+    render_net,
+    render_script,
+)
+from snncompile.ir import passes
 from snncompile.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -594,7 +600,8 @@ def test_standalone_script_compile_flag_trains_the_same(variants):
 
 
 def _fused_pairs(layers: str) -> list[str]:
-    """The fused_leaky_linear lines of a small spec's layered forward."""
+    """The fused_leaky_linear lines of a small spec's fast layered forward (what
+    lower/kernels.py puts on top of the built net)."""
     spec = snncompile.loads(
         "snncompile: 1\nname: fusion\ninput: {shape: [4, 6, 6], encoding: "
         "{type: direct}}\nsteps: 3\ndefaults: {beta: 0.9}\nlayers:\n"
@@ -602,7 +609,9 @@ def _fused_pairs(layers: str) -> list[str]:
         + "decoding: {type: rate}\nloss: {type: ce_rate}\n"
         "train: {dataset: synthetic, batch_size: 4}\n"
     )
-    source = render_model(snncompile.analyze(spec))
+    graph = snncompile.analyze(spec)
+    assert "fused_leaky_linear" not in render_model(graph)  # the plain model
+    source = render_forward(graph, passes.plan(graph, fuse=True))
     return [
         line.strip() for line in source.splitlines() if "= fused_leaky_linear(" in line
     ]

@@ -518,3 +518,60 @@ def test_output_axes_are_batch_or_static(fc_spec, tmp_path):
     assert dims["spk"] == dims["mem"] == ["batch", classes]
     for node, _, name in state_names(graph):
         assert dims[f"{name}_out"] == ["batch", *node.out_shape]
+
+
+# --------------------------------------------------------------------------- dynamo
+RESIDUAL = [
+    {
+        "type": "conv2d",
+        "name": "conv",
+        "out_channels": 3,
+        "kernel_size": 3,
+        "padding": 1,
+    },
+    {"type": "leaky", "name": "lif_a"},
+    {
+        "type": "conv2d",
+        "name": "conv_b",
+        "out_channels": 3,
+        "kernel_size": 3,
+        "padding": 1,
+    },
+    {"type": "batchnorm2d", "name": "bn"},
+    {"type": "leaky", "name": "lif_b"},
+    {"type": "add", "name": "sum", "inputs": ["lif_b", "lif_a"]},
+    {"type": "flatten"},
+    {"type": "linear", "name": "fc", "out_features": 3},
+    {"type": "leaky", "name": "out"},
+]
+
+
+@pytest.mark.parametrize("mode", ["sequence", "step"])
+def test_dynamo_exporter_verifies_a_residual_net(tmp_path, mode):
+    """PyTorch's maintained exporter (torch.export + onnxscript) traces the same
+    rendered functions; its file agrees with the TorchScript exporter's run."""
+    spec = tiny_spec(tmp_path, RESIDUAL, name="residual")
+    net = lively(snncompile.build(snncompile.load(spec), seed=3))
+    paths = {}
+    for exporter in ("dynamo", "torchscript"):
+        paths[exporter] = tmp_path / f"{exporter}.onnx"
+        report = export_onnx(
+            net, paths[exporter], mode=mode, verify=True, exporter=exporter
+        )
+        assert report["verification"]["passed"], report["verification"]["failures"]
+        assert report["exporter"] == exporter
+    meta = {p.key: p.value for p in onnx.load(paths["dynamo"]).metadata_props}
+    assert meta["exporter"] == "dynamo" and meta["mode"] == mode
+    graph = net.graph
+    x = _ort_inputs(graph, 3, seed=5)
+    outs = [
+        verify.run_session(verify.session(paths[e]), graph, mode, x)
+        for e in ("dynamo", "torchscript")
+    ]
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_dynamo_exporter_refuses_old_opsets(fc_spec, tmp_path):
+    with pytest.raises(UserError, match="between 18 and 23 for the dynamo exporter"):
+        export_onnx(fc_spec, tmp_path / "m.onnx", opset=17, exporter="dynamo")

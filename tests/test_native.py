@@ -13,9 +13,12 @@ from test_fused import SURROGATES  # every surrogate, with arguments
 import snncompile
 from snncompile import native
 from snncompile.lower import optimize
-from snncompile.runtime import losses, surrogates
+from snncompile.lower.kernels import fast_class
+from snncompile.runtime import losses, neurons, surrogates
 from snncompile.runtime.fused import fused_leaky_linear
-from snncompile.runtime.neurons import Leaky
+
+# Leaky with its fused sequence kernel on top, as snncompile.lower.kernels puts it
+Leaky = fast_class(neurons.Leaky, fused=True)
 
 pytestmark = pytest.mark.skipif(
     native.problem() is not None, reason=f"native kernels: {native.problem()}"
@@ -153,7 +156,7 @@ def test_surrogate_kind_knows_inlined_copies():
     """build() runs an inlined copy of runtime/surrogates.py: other function
     objects, the same bytecode."""
     net = snncompile.build(snncompile.load("specs/mnist_fc.yaml"))
-    leaky = optimize.neurons(net)[0]
+    leaky = net.lif1
     assert leaky.surrogate is not surrogates.ATan
     assert native.surrogate_kind(leaky.surrogate.backward) == 1
     assert native.surrogate_kind(lambda ctx, grad: grad) is None

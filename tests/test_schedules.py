@@ -145,12 +145,17 @@ def test_layered_matches_step(path, mode):
         flips = spikes_l[name] != spk
         assert not (flips & ~near).any(), f"{name}: spikes differ away from threshold"
         assert flips.sum().item() < MAX_FLIPS * spk.numel(), f"{name}: too many flips"
+        # float32 rounding of the GEMMs ([T * B] rows against B rows per step)
+        # accumulates over the steps relative to the largest membrane, not each
+        # element's own: 4.6e-5 at |mem| up to 228 in mnist_synaptic_rate
+        scale = max(1.0, mems_s[name].abs().max().item())
         torch.testing.assert_close(
-            mems_l[name], mems_s[name], rtol=1e-5, atol=1e-5, msg=name
+            mems_l[name], mems_s[name], rtol=1e-5, atol=1e-6 * scale, msg=name
         )
     out = graph.neuron_nodes[-1].name
     assert torch.equal(spk_l, spikes_l[out]) and torch.equal(spk_s, spikes_s[out])
-    torch.testing.assert_close(mem_l, mem_s, rtol=1e-5, atol=1e-5)
+    scale = max(1.0, mem_s.abs().max().item())  # as for every layer above
+    torch.testing.assert_close(mem_l, mem_s, rtol=1e-5, atol=1e-6 * scale)
 
     spec_loss(graph, *out_l[:3], targets).backward()
     spec_loss(graph, *out_s[:3], targets).backward()
@@ -159,8 +164,10 @@ def test_layered_matches_step(path, mode):
     assert params_l.keys() == params_s.keys() and params_l
     for name, param in params_s.items():
         assert param.grad is not None, name
+        # within 1e-5 of the tensor's largest entry (sums of T * B terms)
+        scale = max(1.0, param.grad.abs().max().item())
         torch.testing.assert_close(
-            params_l[name].grad, param.grad, rtol=1e-4, atol=1e-5, msg=name
+            params_l[name].grad, param.grad, rtol=1e-4, atol=1e-5 * scale, msg=name
         )
     # train mode: normalization statistics (buffers) advanced alike
     for (name, buf_l), buf_s in zip(layered.named_buffers(), step.buffers()):

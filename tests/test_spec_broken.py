@@ -16,6 +16,7 @@ from snncompile.ir.analyze import analyze
 from snncompile.spec import schema
 from snncompile.spec.errors import SpecError, format_path
 from snncompile.spec.load import load
+from snncompile.types import get
 
 BROKEN = Path(__file__).parent / "broken"
 REPO = Path(__file__).parent.parent
@@ -215,7 +216,7 @@ def test_unknown_decoding_lists_every_valid_choice():
 
 def test_unknown_field_lists_the_valid_fields():
     (problem,) = problems_of(BROKEN / "typo_betta.yaml")
-    for field in schema.Leaky.model_fields:
+    for field in get("leaky").schema.model_fields:
         assert field in problem.message
 
 

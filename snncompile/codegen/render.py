@@ -18,8 +18,11 @@ from typing import Any
 import jinja2
 
 from .. import registry
-from ..ir.graph import Graph, Node
-from ..spec.schema import IDENTIFIER
+from ..ir import passes
+from ..ir.analyze import reserved_attributes
+from ..ir.graph import INPUT, Graph, Node
+from ..types.base import Call, Name
+from ..types.fields import IDENTIFIER
 
 RUNTIME = Path(__file__).resolve().parent.parent / "runtime"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -60,15 +63,6 @@ def ident(name: str) -> str:
     ):
         raise ValueError(f"refusing to render {name!r} as an identifier")
     return name
-
-
-@functools.cache
-def reserved_attributes() -> frozenset[str]:
-    """Names a layer may not take: `self.<name>` must be the layer itself, not an
-    attribute of torch.nn.Module (train, eval, zero_grad...) or of Net."""
-    from torch import nn
-
-    return frozenset(dir(nn.Module())) | {"steps", "forward", "graph"}
 
 
 def layer_attribute(name: str) -> str:
@@ -133,156 +127,156 @@ def _call(func: str, args: list[str], kwargs: dict[str, str], indent: str) -> st
     return f"{func}(\n{inner}{indent})"
 
 
-def _pair(value: Any) -> Any:
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+def source(value: Any, indent: str = "        ") -> str:
+    """A constructor argument as source: a `Call`, a `Name` or a literal."""
+    if isinstance(value, Call):
+        return render_call(value, indent)
+    if isinstance(value, Name):
+        return ident(value.text)
+    return lit(value)
 
 
-def _stateless_ctor(node: Node, indent: str) -> str:
-    p = node.params
-    cls = registry.TORCH_LAYERS[node.type]
-    if node.type == "linear":
-        args = [lit(node.in_shape[0]), lit(p["out_features"])]
-        return _call(cls, args, {"bias": lit(p["bias"])}, indent)
-    if node.type in ("conv1d", "conv2d"):
-        args = [lit(node.in_shape[0]), lit(p["out_channels"])]
-        kwargs = {
-            "kernel_size": lit(_pair(p["kernel_size"])),
-            "stride": lit(_pair(p["stride"])),
-            "padding": lit(_pair(p["padding"])),
-            "bias": lit(p["bias"]),
-        }
-        return _call(cls, args, kwargs, indent)
-    if node.type in ("maxpool2d", "avgpool2d"):
-        kwargs = {"kernel_size": lit(_pair(p["kernel_size"]))}
-        if p["stride"] is not None:
-            kwargs["stride"] = lit(_pair(p["stride"]))
-        if p["padding"]:
-            kwargs["padding"] = lit(_pair(p["padding"]))
-        return _call(cls, [], kwargs, indent)
-    if node.type == "flatten":
-        return f"{cls}()"
-    if node.type == "dropout":
-        return f"{cls}(p={lit(p['p'])})"
-    if node.type in ("batchnorm1d", "batchnorm2d"):
-        kwargs = {"eps": lit(p["eps"]), "momentum": lit(p["momentum"])}
-        return _call(cls, [lit(node.in_shape[0])], kwargs, indent)
-    raise ValueError(f"no lowering for layer type {node.type}")
-
-
-def _neuron_ctor(node: Node, indent: str) -> str:
-    p = node.params
-    cls = registry.NEURONS[node.type]
-    surrogate, fields = registry.SURROGATES[p["surrogate"]["type"]]
-    kwargs: dict[str, str] = {}
-    if "alpha" in p:
-        kwargs["alpha"] = lit(float(p["alpha"]))
-    kwargs["beta"] = lit(float(p["beta"]))
-    kwargs["threshold"] = lit(float(p["threshold"]))
-    kwargs["reset"] = lit(p["reset"])
-    kwargs["learn_beta"] = lit(p["learn_beta"])
-    kwargs["learn_threshold"] = lit(p["learn_threshold"])
-    if "learn_alpha" in p:
-        kwargs["learn_alpha"] = lit(p["learn_alpha"])
-    kwargs["per_neuron"] = lit(p["per_neuron"])
-    kwargs["surrogate"] = surrogate
-    kwargs["surrogate_args"] = lit(tuple(float(p["surrogate"][f]) for f in fields))
-    if "recurrence" in p:
-        rec = p["recurrence"]
-        rkw = {"features": lit(node.out_shape[0])}
-        if rec["type"] == "one_to_one":
-            rkw = {"V": lit(float(rec["V"])), "learn": lit(rec["learn"])}
-        elif rec["type"] == "conv":
-            rkw["kernel_size"] = lit(tuple(rec["kernel_size"]))
-        kwargs["recurrent"] = _call(
-            "Recurrent", [lit(rec["type"])], rkw, indent + "    "
-        )
-    return _call(cls, [lit(tuple(node.out_shape))], kwargs, indent)
+def render_call(call: Call, indent: str = "        ", head: str = "") -> str:
+    """`head` and a descriptor's constructor call, laid out as ruff would."""
+    parts = [source(a, indent + "    ") for a in call.args]
+    parts += [
+        f"{ident(k)}={source(v, indent + '    ')}" for k, v in call.kwargs.items()
+    ]
+    func = ".".join(ident(p) for p in call.func.split("."))
+    if any("\n" in p for p in parts):  # a nested call over several lines
+        return head + _call(func, parts, {}, indent)
+    lines = _fit(head, func, parts, indent).split("\n")
+    return "\n".join([lines[0], *(indent + line for line in lines[1:])])
 
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-# a linear layer after a hidden Leaky layer is fused into its node when its output
-# is this narrow: its input gradient is then formed inside the Leaky backward
-# loop (out_features multiply-adds per neuron and step), where a skinny matrix
-# product would write and read back a [T, B, N] tensor
-FUSED_LINEAR_MAX_OUT = 32
+def _variables(graph: Graph, source: str) -> dict[str, str]:
+    """The variable of each node's output: spk_<name> for spikes, `h` for a
+    value read only by the next node, else h_<name>; `source` is the input's."""
+    names = {INPUT: source}
+    order = [n.name for n in graph.nodes]
+    for i, node in enumerate(graph.nodes):
+        readers = graph.consumers(node.name)
+        follows = order[i + 1] if i + 1 < len(order) else None
+        if node.stateful:
+            names[node.name] = f"spk_{ident(node.name)}"
+        elif len(readers) == 1 and readers[0].name == follows:
+            names[node.name] = "h"
+        else:
+            names[node.name] = f"h_{ident(node.name)}"
+    return names
 
 
-def fuses_with_linear(node: Node, after: Node | None, last: Node) -> bool:
-    """Whether `node` and the `after` it run as one fused_leaky_linear node."""
-    return (
-        node.type == "leaky"
-        and node is not last
-        and after is not None
-        and after.type == "linear"
-        and len(node.out_shape) == 1
-        and after.params["out_features"] <= FUSED_LINEAR_MAX_OUT
-    )
+class _Values:
+    """What the layered forward reads for each node's output: its variable
+    (`_variables`), or for a value the same at every step read by a node that
+    runs per step, its expansion over the steps."""
 
+    def __init__(self, graph: Graph, plan: passes.Plan):
+        self.graph, self.plan = graph, plan
+        self.names = _variables(graph, "x")
+        # a value the same at every step, read by a node that runs per step
+        self.expanded: dict[str, str] = {}
+        steady = {
+            INPUT: not graph.sequence_input and graph.encoding["type"] == "direct"
+        }
+        steady.update({n.name: n.time_invariant for n in graph.nodes})
+        for name, is_steady in steady.items():
+            readers = graph.consumers(name)
+            moving = [r for r in readers if not r.time_invariant]
+            if is_steady and moving:
+                var = self.names[name]
+                self.expanded[name] = (
+                    var if len(moving) == len(readers) else f"{var}_seq"
+                )
 
-def _forward_layered(graph: Graph) -> list[str]:
-    """Whole-sequence schedule: each layer runs once over all T steps."""
-    lines: list[str] = []
-    prefix = [n for n in graph.nodes if n.time_invariant]
-    if prefix:
-        lines.append(
-            f"# time-invariant prefix: computed once, shared by all {graph.steps} steps"
+    def read(self, name: str, reader: Node) -> str:
+        if not reader.time_invariant and name in self.expanded:
+            return self.expanded[name]
+        return self.names[name]
+
+    def expand_line(self, name: str) -> str | None:
+        """The line that presents a steady value at every step, if one is needed."""
+        if name not in self.expanded:
+            return None
+        var = self.names[name]
+        return (
+            f"{self.expanded[name]} = {var}.expand(self.steps, *{var}.shape)"
+            "  # [T, B, ...] without a copy"
         )
-        lines.append("h = x")
-        for node in prefix:
-            lines.append(f"h = self.{node.name}(h)  # {_shape(node.out_shape)}")
-        lines.append("h = h.expand(self.steps, *h.shape)  # [T, B, ...] without a copy")
-    else:
-        lines.append(_encode_line(graph, "h"))
+
+
+def _forward_layered(graph: Graph, plan: passes.Plan, encode: bool = True) -> list[str]:
+    """Whole-sequence schedule: each node runs once over all T steps (or once
+    over the batch, for a time-invariant value), following the DAG. Without
+    `encode`, x is the encoded spike train already (ONNX export)."""
+    values = _Values(graph, plan)
+    lines: list[str] = []
+    if encode and graph.encoding["type"] != "direct":
+        encode = _encode_line(graph, "x")
+        if encode:
+            lines.append(encode)
+    if plan.hoisted:
+        lines.append(
+            f"# time-invariant: computed once, shared by all {graph.steps} steps"
+        )
+    first = values.expand_line(INPUT)
+    if first:
+        lines.append(first)
+    fused = {linear: neuron for neuron, linear in plan.fused.items()}
+    out_node = graph.output
     spikes = []
-    last = graph.neuron_nodes[-1]
-    rest = graph.nodes[len(prefix) :]
-    skip = None
-    for node, after in zip(rest, [*rest[1:], None]):
-        if node is skip:
-            continue
-        if fuses_with_linear(node, after, last):
+    for node in graph.nodes:
+        if node.name in fused:
+            continue  # formed by its neuron's node
+        args = [values.read(n, node) for n in node.inputs]
+        out = values.names[node.name]
+        me = f"self.{node.name}"
+        shape = f"  # {_shape(node.out_shape)}"
+        if node.name in plan.fused:
+            linear = graph.node(plan.fused[node.name])
             lines.append(
-                f"# {node.name} and {after.name}, one node: {_shape(after.out_shape)}"
+                f"# {node.name} and {linear.name}, one node: {_shape(linear.out_shape)}"
             )
-            args = [f"self.{node.name}", f"self.{after.name}", "h", "spikes=all_spikes"]
-            head = f"spk_{node.name}, h = "
-            lines.append(_fit(head, "fused_leaky_linear", args, "        "))
+            call = [me, f"self.{linear.name}", args[0], "spikes=all_spikes"]
+            head = f"{out}, {values.names[linear.name]} = "
+            lines.append(_fit(head, "fused_leaky_linear", call, "        "))
             spikes.append(node.name)
-            skip = after
-            continue
-        if node is last:
-            lines.append(f"spk_{node.name}, mem_{node.name} = self.{node.name}(h)")
+        elif node is out_node:
+            lines.append(f"{out}, mem_{node.name} = {me}({args[0]})")
             spikes.append(node.name)
         elif node.stateful:
-            lines.append(f"spk_{node.name}, _ = self.{node.name}(h, record_mem=False)")
-            lines.append(f"h = spk_{node.name}")
+            lines.append(f"{out}, _ = {me}({args[0]}, record_mem=False)")
             spikes.append(node.name)
-        elif node.type.startswith("batchnorm"):
-            lines.append(
-                f"h = per_step(self.{node.name}, h)  # {_shape(node.out_shape)}"
-            )
+        elif node.descriptor.role == "merge":
+            lines.append(f"{out} = {node.descriptor.expression(node, args)}{shape}")
+        elif node.name in plan.hoisted:
+            lines.append(f"{out} = {me}({args[0]}){shape}")
+        elif node.name in plan.per_step:
+            lines.append(f"{out} = per_step({me}, {args[0]}){shape}")
         else:
-            lines.append(
-                f"h = time_batched(self.{node.name}, h)  # {_shape(node.out_shape)}"
-            )
+            lines.append(f"{out} = time_batched({me}, {args[0]}){shape}")
+        expand = values.expand_line(node.name)
+        if expand:
+            lines.append(expand)
     return lines + _returns(graph, spikes)
 
 
-def _encode_line(graph: Graph, target: str) -> str:
+def _encode_line(graph: Graph, target: str) -> str | None:
     enc = graph.encoding
     func = registry.ENCODERS[enc["type"]]
     if func is None:
-        return f"{target} = x  # already a spike train [T, B, ...]"
+        return None  # already a spike train [T, B, ...]
     args = ["x"] if graph.sequence_input else ["x", "self.steps"]
     args += [f"{ident(k)}={lit(v)}" for k, v in enc.items() if k != "type"]
     return _fit(f"{target} = ", func, args, "        ", "  # [T, B, ...]")
 
 
 def _returns(graph: Graph, spikes: list[str]) -> list[str]:
-    out = graph.neuron_nodes[-1].name
+    out = graph.output.name
     items = [f"{lit(n)}: spk_{n}" for n in spikes]
     record = "{" + ", ".join(items) + "}"
     values = [f"spk_{out}", f"mem_{out}", record]
@@ -297,10 +291,35 @@ def _returns(graph: Graph, spikes: list[str]) -> list[str]:
     return lines + [f"return spk_{out}, mem_{out}"]
 
 
+def _step_body(graph: Graph, record: bool) -> list[str]:
+    """One time step over every node in order: x_t -> spk_<neuron>, states
+    state_<neuron> advanced; with `record`, spikes appended to rec_<neuron>."""
+    values = _variables(graph, "x_t")
+    lines = []
+    for node in graph.nodes:
+        args = [values[n] for n in node.inputs]
+        out_var = values[node.name]
+        if node.stateful:
+            lines.append(
+                f"{out_var}, state_{node.name} = "
+                f"self.{node.name}.step({args[0]}, state_{node.name})"
+            )
+            if record:
+                lines.append(f"rec_{node.name}.append({out_var})")
+        elif node.descriptor.role == "merge":
+            lines.append(f"{out_var} = {node.descriptor.expression(node, args)}")
+        else:
+            lines.append(f"{out_var} = self.{node.name}({args[0]})")
+    return lines
+
+
 def _forward_step(graph: Graph) -> list[str]:
     """Per-step schedule, as hand-written snnTorch loops do it (the reference)."""
     batch = "x.shape[1]" if graph.sequence_input else "x.shape[0]"
-    lines = [f"batch = {batch}", _encode_line(graph, "seq")]
+    encode = (
+        _encode_line(graph, "seq") or "seq = x  # already a spike train [T, B, ...]"
+    )
+    lines = [f"batch = {batch}", encode]
     neurons = graph.neuron_nodes
     for node in neurons:
         shape = ", ".join(str(s) for s in node.out_shape)
@@ -308,18 +327,10 @@ def _forward_step(graph: Graph) -> list[str]:
             f"state_{node.name} = self.{node.name}.init_state(x.new_zeros(batch, {shape}))"
         )
         lines.append(f"rec_{node.name} = []")
-    out = neurons[-1].name
+    out = graph.output.name
     lines.append("mem_rec = []")
-    lines.append("for t in range(self.steps):")
-    lines.append("    h = seq[t]")
-    for node in graph.nodes:
-        if node.stateful:
-            lines.append(
-                f"    h, state_{node.name} = self.{node.name}.step(h, state_{node.name})"
-            )
-            lines.append(f"    rec_{node.name}.append(h)")
-        else:
-            lines.append(f"    h = self.{node.name}(h)")
+    lines.append("for x_t in seq:")
+    lines += ["    " + line for line in _step_body(graph, record=True)]
     lines.append(f"    mem_rec.append(state_{out}[-1])")
     for node in neurons:
         lines.append(f"spk_{node.name} = torch.stack(rec_{node.name})")
@@ -327,61 +338,80 @@ def _forward_step(graph: Graph) -> list[str]:
     return lines + _returns(graph, [n.name for n in neurons])
 
 
-def model_context(graph: Graph, schedule: str = "layered") -> dict[str, Any]:
-    """Prepared values for templates/model.py.j2."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
-    ident(graph.name)
+def _definitions(graph: Graph, body: str) -> list[str]:
+    """Source of the runtime definitions the nodes and the forward use, in
+    dependency order: surrogates, neuron base and classes, helpers, encoder."""
+    wanted: dict[tuple[str, str], None] = {}
     for node in graph.nodes:
-        layer_attribute(node.name)
-    neurons = graph.neuron_nodes
-    surrogates = sorted(
-        {registry.SURROGATES[n.params["surrogate"]["type"]][0] for n in neurons}
-    )
-    classes = ["SpikingNeuron"]
-    if any("recurrence" in n.params for n in neurons):
-        classes.append("Recurrent")
-    classes += [
-        c
-        for c in registry.NEURONS.values()
-        if c in {registry.NEURONS[n.type] for n in neurons}
-    ]
-    blocks = [runtime_definitions("surrogates")[s] for s in surrogates]
-    # the sequence kernels: every Leaky runs by fused.py's; torch_compiled serves
-    # every neuron's compiled loop
-    fused = runtime_definitions("fused")
-    leaky = registry.NEURONS["leaky"] in classes
-    blocks += [v for k, v in fused.items() if leaky or k == "torch_compiled"]
-    blocks += [runtime_definitions("neurons")[c] for c in classes]
-    forward = _forward_layered(graph) if schedule == "layered" else _forward_step(graph)
-    body = "\n".join(forward)
+        for need in getattr(node.descriptor, "definitions", lambda n: ())(node):
+            wanted[need] = None
+    order = {"surrogates": 0, "neurons": 1}
+    ranked = sorted(wanted, key=lambda k: (order.get(k[0], 2), k[0]))
+    base = [k for k in ranked if k[1] == "SpikingNeuron"]
+    ranked = [k for k in ranked if k[1] != "SpikingNeuron"]
+    surrogates = sorted(k for k in ranked if k[0] == "surrogates")
+    neurons = [k for k in ranked if k[0] == "neurons"]
+    # neuron classes in the runtime module's order (Recurrent before its users)
+    module_order = list(runtime_definitions("neurons"))
+    neurons.sort(key=lambda k: module_order.index(k[1]))
+    blocks = [runtime_definitions(m)[d] for m, d in surrogates + base + neurons]
     helpers = [h for h in ("time_batched", "per_step") if f"{h}(" in body]
     blocks += [runtime_definitions("layers")[h] for h in helpers]
     encoder = registry.ENCODERS[graph.encoding["type"]]
     if encoder is not None and f"{encoder}(" in body:
         blocks.append(runtime_definitions("encode")[encoder])
-    layers = []
+    return blocks
+
+
+def model_context(
+    graph: Graph, schedule: str = "layered", plan: passes.Plan | None = None
+) -> dict[str, Any]:
+    """Prepared values for templates/net.py.j2: the plain model, or with a
+    `plan` from lower.passes the forward that plan schedules."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+    ident(graph.name)
     for node in graph.nodes:
-        ctor = (
-            _neuron_ctor(node, "        ")
-            if node.stateful
-            else _stateless_ctor(node, "        ")
+        layer_attribute(node.name)
+    plan = plan or passes.plan(graph)
+    forward = (
+        _forward_layered(graph, plan) if schedule == "layered" else _forward_step(graph)
+    )
+    body = "\n".join(forward)
+    blocks = _definitions(graph, body)
+    layers = []
+    order = [n.name for n in graph.nodes]
+    for node in graph.nodes:
+        call = (
+            node.descriptor.constructor(node)
+            if node.descriptor.role != "merge"
+            else None
         )
         flags = []
         if node.time_invariant:
             flags.append("time-invariant")
         if node.stateful:
             flags.append("state: " + ", ".join(node.states))
+        previous = (
+            order[order.index(node.name) - 1] if node is not graph.nodes[0] else INPUT
+        )
+        reads = (
+            "" if node.inputs == (previous,) else f" reads {', '.join(node.inputs)};"
+        )
         comment = (
-            f"layers[{node.index}] {node.name} ({node.type}): "
-            f"{_shape(node.in_shape)} -> {_shape(node.out_shape)}"
+            f"{node.origin} {node.name} ({node.type}):{reads} "
+            f"{' + '.join(_shape(s) for s in node.in_shapes)} -> {_shape(node.out_shape)}"
             + (f"; {'; '.join(flags)}" if flags else "")
         )
-        layers.append({"name": node.name, "ctor": ctor, "comment": comment})
+        if call is not None:
+            head = f"self.{node.name} = "
+            layers.append(
+                {"comment": comment, "line": render_call(call, "        ", head)}
+            )
     in_shape = ("T, B, " if graph.sequence_input else "B, ") + ", ".join(
         str(s) for s in graph.input_shape
     )
-    out = neurons[-1]
+    out = graph.output
     return {
         "name": graph.name,
         "steps": graph.steps,
@@ -416,6 +446,50 @@ def render_model(graph: Graph, schedule: str = "layered") -> str:
     )
 
 
+def render_export(graph: Graph) -> str:
+    """A module of two functions of a built net for ONNX export, rendered from
+    the IR like its forward: `sequence(net, x)`, the layered forward on the
+    encoded input, and `step(net, x_t, *states)`, one time step with every
+    neuron state passed in and out (in graph order, each neuron's states in
+    its descriptor's order)."""
+    for node in graph.nodes:
+        layer_attribute(node.name)
+    sequence = _forward_layered(graph, passes.plan(graph), encode=False)
+    lines = [
+        f'"""ONNX export functions of `{ident(graph.name)}`, rendered by snncompile."""',
+        "",
+        "import torch",
+        "",
+        "from snncompile.runtime.layers import per_step, time_batched",
+        "",
+        "",
+        "def sequence(self, x, all_spikes=False):",
+        '    """x, encoded: [B, ...] (direct) or [T, B, ...] -> (spk, mem)."""',
+        *("    " + line for block in sequence for line in block.split("\n")),
+        "",
+        "",
+        "def step(self, x_t, *state):",
+        '    """One time step: (x_t, *states) -> (spk, mem, *new states)."""',
+    ]
+    at = 0
+    for node in graph.neuron_nodes:
+        count = len(node.states)
+        lines.append(f"    state_{node.name} = state[{at}:{at + count}]")
+        at += count
+    lines += ["    " + line for line in _step_body(graph, record=False)]
+    out = graph.output.name
+    news = ", ".join(f"*state_{n.name}" for n in graph.neuron_nodes)
+    lines.append(f"    return (spk_{out}, state_{out}[-1], {news})")
+    return "\n".join(lines) + "\n"
+
+
+def render_forward(graph: Graph, plan: passes.Plan) -> str:
+    """Only Net's layered `forward` under `plan` (with fusions), as a module that
+    defines `forward` for lower.kernels to put on top of a built net."""
+    context = model_context(graph, "layered", plan)
+    return _environment().get_template("forward.py.j2").render(context)
+
+
 # --------------------------------------------------------------------------- scripts
 DATASET_TITLES = {
     "mnist": ("MNIST", "MNIST"),
@@ -430,6 +504,12 @@ OPTIMIZERS = {
     "adam": "torch.optim.Adam",
     "adamw": "torch.optim.AdamW",
     "sgd": "torch.optim.SGD",
+}
+# torch's own defaults: arguments equal to them are left out of the script
+OPTIMIZER_DEFAULTS = {
+    "adam": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01},
+    "sgd": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
 }
 
 
@@ -530,22 +610,22 @@ def _schedule(graph: Graph) -> dict[str, Any]:
     }
 
 
+def _plain(value: Any) -> Any:
+    """Frozen IR data as plain lists, for comparison with literals."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _docstring(graph: Graph, title: str, synthetic: bool) -> str:
     name = ident(graph.name)
     root = "" if synthetic else " --data-root DATA"
     needs = "torch" if synthetic else "torch and torchvision"
-    return f'''"""Train `{name}` on {title} with plain PyTorch.
-
-A spiking neural network and its training, generated from the spec `{name}` by
-`snncompile codegen`: change the spec and regenerate rather than editing this
-file. Needs only {needs}:
+    return f'''"""Train `{name}` on {title} with plain PyTorch; needs only {needs}:
 
     python {name}.py{root} --epochs {lit(graph.train["epochs"])} --out runs/{name}
 
-Every epoch prints the training loss and accuracy and the test loss and accuracy;
---out receives metrics.json and model.pt (the trained state_dict). The model
-alone is `Net`: input {_net_input(graph)} -> (spk, mem) of the output layer,
-each [T, B, {graph.num_classes}].
+Generated from the spec `{name}` by `snncompile codegen` (regenerate rather than
+edit). `Net` maps input {_net_input(graph)} to (spk, mem) of the output layer,
+each [T, B, {graph.num_classes}]; --out receives metrics.json and model.pt.
 """'''
 
 
@@ -568,6 +648,12 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
     to_input = _to_input(graph, dataset)
     optimizer = dict(train["optimizer"])
     opt_type = optimizer.pop("type")
+    defaults = OPTIMIZER_DEFAULTS[opt_type]
+    optimizer = {
+        k: v
+        for k, v in optimizer.items()
+        if k not in defaults or _plain(v) != defaults[k]
+    }
     shape = ", ".join(str(s) for s in graph.input_shape)
     blocks = [net, *decode_blocks, *loss_blocks]
     schedule = _schedule(graph)

@@ -6,7 +6,14 @@ import argparse
 import json
 
 from .loop import UNROLL_STEPS
-from .onnx import DEFAULT_OPSET, MODES, VerificationError, export_onnx
+from .onnx import (
+    DEFAULT_OPSET,
+    DYNAMO_OPSET,
+    EXPORTERS,
+    MODES,
+    VerificationError,
+    export_onnx,
+)
 
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +50,17 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
         help=f"sequence mode: unroll every time step (the default up to {UNROLL_STEPS})",
     )
     parser.add_argument(
-        "--opset", type=int, default=None, help=f"ONNX opset (default {DEFAULT_OPSET})"
+        "--opset",
+        type=int,
+        default=None,
+        help=f"ONNX opset (default {DEFAULT_OPSET}; {DYNAMO_OPSET} with dynamo)",
+    )
+    parser.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="torchscript",
+        help="torchscript: fast, deprecated by PyTorch (default); dynamo: PyTorch's "
+        "maintained torch.export-based exporter, slower to export",
     )
     parser.add_argument(
         "--verify",
@@ -70,6 +87,7 @@ def run_export(args: argparse.Namespace) -> int:
             verify=args.verify,
             seed=args.seed,
             loop=args.loop,
+            exporter=args.exporter,
         )
         status = 0
     except VerificationError as err:

@@ -5,9 +5,12 @@ simulations (every runtime optimizes straight-line graphs best), but the graph
 and the export time grow with T. Past `UNROLL_STEPS` the sequence model is
 assembled from three traced pieces instead, with the same inputs and outputs:
 
-    x -> prefix (direct encoding: the stateless layers before the first
-         neuron, once) -> Loop over T: one step from the first neuron on,
-         neuron states carried, spk and mem collected -> decoding -> scores
+    x -> Loop over T: one step (the step model: direct encoding feeds the
+         frame x at every step, other encodings x[t]), neuron states carried,
+         spk and mem collected -> decoding -> scores
+
+(A direct-encoded model's time-invariant layers thus run at every step of the
+Loop: the same values, but T times the work of the unrolled graph's once.)
 
 The pieces are exported by the same TorchScript exporter; this module only
 renames their values apart and wires them together with onnx.helper.
@@ -21,19 +24,19 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from .wrappers import Decode, Prefix, StepModel, first_neuron_prefix, state_names
+from .wrappers import Decode, StepModel, state_names
 
 UNROLL_STEPS = 100  # longer simulations get a Loop
 
 
-def _trace(model, args, inputs, outputs, opset) -> onnx.ModelProto:
+def _trace(model, args, inputs, outputs, opset, exporter) -> onnx.ModelProto:
     from .onnx import _torch_export
 
     axes = {name: {0: "batch"} for name in inputs + outputs}
     if isinstance(model, Decode):
         axes = {"spk": {1: "batch"}, "mem": {1: "batch"}, "scores": {0: "batch"}}
     buffer = io.BytesIO()
-    _torch_export(model, args, buffer, opset, (inputs, outputs, axes))
+    _torch_export(model, args, buffer, opset, (inputs, outputs, axes), exporter)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -55,31 +58,29 @@ def _float(name: str, dims) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
 
 
-def looped_model(net, opset: int) -> onnx.ModelProto:
+def looped_model(net, opset: int, exporter: str = "torchscript") -> onnx.ModelProto:
     """The sequence model of `net` (eval mode, hard spikes) with a Loop over time."""
     graph = net.graph
     steps, classes = graph.steps, graph.num_classes
     direct = graph.encoding["type"] == "direct"
-    prefix_nodes = first_neuron_prefix(graph) if direct else []
-    start = len(prefix_nodes)
-    cur_shape = tuple(graph.nodes[start].in_shape)
+    cur_shape = tuple(graph.input_shape)
     states = state_names(graph)
     names = [name for _, _, name in states]
 
-    # one step from the first neuron: (h_t, *states) -> (spk, mem, *new states)
+    # one step: (h_t, *states) -> (spk, mem, *new states)
     zeros = [torch.zeros((2,) + tuple(node.out_shape)) for node, _, _ in states]
     step = _trace(
-        StepModel(net, start),
+        StepModel(net),
         (torch.zeros((2,) + cur_shape), *zeros),
         ["h_t", *names],
         ["spk", "mem", *(f"{n}_out" for n in names)],
         opset,
+        exporter,
     )
     body = step.graph
     _rename(body, "step/")
-    source = "pre/h" if prefix_nodes else "x"
     if direct:
-        first = helper.make_node("Identity", [source], ["step/h_t"], name="step/feed")
+        first = helper.make_node("Identity", ["x"], ["step/h_t"], name="step/feed")
     else:
         first = helper.make_node(
             "Gather", ["x", "iter"], ["step/h_t"], axis=0, name="step/feed"
@@ -102,20 +103,7 @@ def looped_model(net, opset: int) -> onnx.ModelProto:
         initializer=list(body.initializer),
     )
 
-    # x -> h (direct encoding: once, before the loop); the body reads it from here
     nodes, initializers = [], []
-    if prefix_nodes:
-        pre = _trace(
-            Prefix(net),
-            (torch.zeros((2,) + tuple(graph.input_shape)),),
-            ["x"],
-            ["h"],
-            opset,
-        ).graph
-        _rename(pre, "pre/", keep=("x",))
-        nodes += pre.node
-        initializers += pre.initializer
-
     # zero initial states [B, *shape], B read from x
     batch_axis = 0 if direct else 1
     initializers += [
@@ -167,6 +155,7 @@ def looped_model(net, opset: int) -> onnx.ModelProto:
         ["spk", "mem"],
         ["scores"],
         opset,
+        exporter,
     ).graph
     _rename(decode, "dec/", keep=("spk", "mem", "scores"))
     nodes += decode.node

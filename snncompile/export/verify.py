@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..runtime import encode as encode_module
-from .wrappers import SequenceModel, decoder, state_names
+from .wrappers import decoder, membranes, state_names
 
 NEAR = 1e-5  # |mem - threshold| below which a spike may flip under rounding
 # Membranes must agree within ATOL + RTOL * |mem|. ATOL alone suffices at the
@@ -95,14 +95,18 @@ def _raw(graph, batch: int, gen: torch.Generator, scale: float) -> torch.Tensor:
 
 def _reference(net, graph, raw, seed: int):
     """PyTorch: output (scores, spk, mem), the ONNX input, membranes of every layer."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        spk, mem = net(raw)
+    record: dict[str, torch.Tensor] = {}
+    handles = membranes(net, record)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            spk, mem = net(raw)
+    finally:
+        for handle in handles:
+            handle.remove()
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # rate coding draws what the net's forward drew
         x = encode_inputs(graph, raw)
-    record: dict[str, torch.Tensor] = {}
-    SequenceModel(net).run(x, record)
     return (decoder(graph)(spk, mem), spk, mem), x, record
 
 

@@ -1,13 +1,11 @@
 """Inference-only modules around a built `Net`, shaped for ONNX export.
 
-Both are assembled from the IR (`net.graph`) and call the net's own submodules,
-so they share its weights and neuron code:
+Both run functions rendered from the same IR as the net's own forward
+(codegen.render.render_export) on the net's own submodules, so they share its
+weights and neuron code and keep no copy of the forward:
 
-- `SequenceModel`: x -> (scores, spk, mem), the T-step loop unrolled in Python.
-  For direct encoding every stateless layer before the first neuron is computed
-  once (in eval mode they all are per-sample functions of the constant frame);
-  later stateless layers run once over all steps as [T * B, ...] batches, like
-  the `layered` schedule. The first input axis after T is the batch.
+- `SequenceModel`: x -> (scores, spk, mem): the layered forward on the encoded
+  input (the time loop unrolled when traced), then the spec's decoding;
 - `StepModel`: one time step, (x_t, *states) -> (spk, mem, *new_states).
 
 Neither encodes its input: rate and latency codes are random or need the
@@ -16,11 +14,12 @@ whole image, so a device computes them before the model (see `ENCODING_NOTES`).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .. import registry
+from ..codegen.render import render_export
 from ..ir.graph import Graph, Node
+from ..lower.build import load_source
 from ..runtime import decode as decode_module
 
 ENCODING_NOTES = {
@@ -55,8 +54,19 @@ def decoder(graph: Graph):
     return getattr(decode_module, registry.DECODERS[graph.decoding])
 
 
+_LOADED: dict[str, object] = {}  # spec JSON -> its export functions
+
+
+def _functions(graph: Graph):
+    """The rendered export functions of a graph, as a module (made once)."""
+    if graph.spec_json not in _LOADED:
+        source = render_export(graph)
+        _LOADED[graph.spec_json] = load_source(source, f"{graph.name}_export")
+    return _LOADED[graph.spec_json]
+
+
 class SequenceModel(nn.Module):
-    """The whole sequence, unrolled: x -> (scores [B, C], spk [T, B, C], mem [T, B, C])."""
+    """The whole sequence: x -> (scores [B, C], spk [T, B, C], mem [T, B, C])."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -65,79 +75,48 @@ class SequenceModel(nn.Module):
         self.decode = decoder(self.graph)
 
     def forward(self, x):
-        return self.run(x)
-
-    def run(self, x, record: dict | None = None):
-        """`record`, if given, receives each neuron layer's membrane [T, B, ...]."""
-        graph, steps = self.graph, self.graph.steps
-        nodes = list(graph.nodes)
-        constant = graph.encoding["type"] == "direct"  # h is one frame for all steps
-        h = x
-        while constant and not nodes[0].stateful:
-            h = getattr(self.net, nodes.pop(0).name)(h)
-        spk = mem = None
-        for node in nodes:
-            layer = getattr(self.net, node.name)
-            if node.stateful:
-                spk, mem = self._unroll(layer, h, constant, steps)
-                if record is not None:
-                    record[node.name] = mem
-                h, constant = spk, False
-            else:  # one call over all steps: [T, B, ...] -> [T * B, ...] -> back
-                out = layer(h.reshape((-1,) + tuple(node.in_shape)))
-                h = out.reshape((steps, -1) + tuple(node.out_shape))
+        spk, mem = _functions(self.graph).sequence(self.net, x)
         return self.decode(spk, mem), spk, mem
 
-    @staticmethod
-    def _unroll(layer, cur, constant: bool, steps: int):
-        frames = [cur] * steps if constant else cur.unbind(0)
-        state = layer.init_state(frames[0])
-        spks, mems = [], []
-        for frame in frames:
-            spk, state = layer.step(frame, state)
-            spks.append(spk)
-            mems.append(state[-1])  # every neuron keeps its membrane last
-        return torch.stack(spks), torch.stack(mems)
+    def run(self, x, record: dict | None = None):
+        """forward(x); `record`, if given, receives each neuron layer's membrane
+        [T, B, ...] by name."""
+        handles = [] if record is None else membranes(self.net, record)
+        try:
+            return self(x)
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class StepModel(nn.Module):
-    """One time step: (x_t, *states) -> (spk [B, C], mem [B, C], *new_states).
-
-    With `start`, the step begins at that layer (its input is that layer's input).
-    """
-
-    def __init__(self, net: nn.Module, start: int = 0):
-        super().__init__()
-        self.net = net
-        self.graph: Graph = net.graph
-        self.start = start
-
-    def forward(self, x_t, *states):
-        h, new, i = x_t, [], 0
-        for node in self.graph.nodes[self.start :]:
-            layer = getattr(self.net, node.name)
-            if node.stateful:
-                count = len(node.states)
-                h, state = layer.step(h, tuple(states[i : i + count]))
-                new.extend(state)
-                i += count
-            else:
-                h = layer(h)
-        return (h, new[-1], *new)
-
-
-class Prefix(nn.Module):
-    """The stateless layers before the first neuron (direct encoding: run once)."""
+    """One time step: (x_t, *states) -> (spk [B, C], mem [B, C], *new_states)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        self.names = [n.name for n in first_neuron_prefix(net.graph)]
+        self.graph: Graph = net.graph
 
-    def forward(self, x):
-        for name in self.names:
-            x = getattr(self.net, name)(x)
-        return x
+    def forward(self, x_t, *states):
+        return _functions(self.graph).step(self.net, x_t, *states)
+
+
+def membranes(net, record: dict):
+    """Hooks that make every neuron layer of `net` return its membranes and
+    keep them in `record` by layer name; remove the returned handles after."""
+
+    def ask(module, args, kwargs):
+        return args, {**kwargs, "record_mem": True}
+
+    def keep(name):
+        return lambda module, args, output: record.__setitem__(name, output[1])
+
+    handles = []
+    for node in net.graph.neuron_nodes:
+        layer = getattr(net, node.name)
+        handles.append(layer.register_forward_pre_hook(ask, with_kwargs=True))
+        handles.append(layer.register_forward_hook(keep(node.name)))
+    return handles
 
 
 class Decode(nn.Module):
@@ -149,9 +128,3 @@ class Decode(nn.Module):
 
     def forward(self, spk, mem):
         return self.decode(spk, mem)
-
-
-def first_neuron_prefix(graph: Graph) -> list[Node]:
-    """Stateless nodes before the first neuron."""
-    index = graph.nodes.index(graph.neuron_nodes[0])
-    return list(graph.nodes[:index])

@@ -1,19 +1,27 @@
 """Semantic analysis: Spec -> Graph.
 
-Resolves neuron defaults, names every layer, infers every shape, marks state and
-the time-invariant prefix, and rejects impossible networks with located errors
-before any torch code runs.
+In order: expand `block` uses into their layers; name every layer; resolve each
+layer's `inputs` (default: the layer before it); order the layers
+topologically (a cycle is an error listing it); resolve neuron fields from
+`defaults`; infer every shape through the layer types' descriptors; mark the
+time-invariant nodes; check that every layer reaches the output and that the
+output fits the task. Every problem is reported with its place in the file,
+all at once, before any torch code runs.
 """
 
 from __future__ import annotations
 
-import math
+import difflib
+import functools
+from dataclasses import dataclass
 from typing import Any
 
 from ..spec.errors import Problem, SpecError
 from ..spec.load import source_of
-from ..spec.schema import NEURON_TYPES, Spec
-from .graph import Graph, Node, Shape, freeze
+from ..spec.schema import Spec
+from ..types import get
+from ..types.base import Context, count_too_large, describe
+from .graph import INPUT, Graph, Node, Shape, freeze
 
 # name, per-sample shape and classes of each dataset (None: any)
 DATASETS: dict[str, tuple[Shape | None, int | None]] = {
@@ -23,259 +31,247 @@ DATASETS: dict[str, tuple[Shape | None, int | None]] = {
     "cifar10": ((3, 32, 32), 10),
     "synthetic": (None, None),
 }
-NEURON_DEFAULTS = {
-    "threshold": 1.0,
-    "reset": "subtract",
-    "learn_beta": False,
-    "learn_threshold": False,
-    "learn_alpha": False,
-    "per_neuron": False,
-    "surrogate": {"type": "atan", "alpha": 2.0},
-}
-STATES = {
-    "leaky": ("mem",),
-    "synaptic": ("syn", "mem"),
-    "alpha": ("syn_exc", "syn_inh", "mem"),
-    "rleaky": ("spk", "mem"),
-    "rsynaptic": ("spk", "syn", "mem"),
-}
-PREFIX = {  # default layer names
-    "linear": "fc",
-    "conv1d": "conv",
-    "conv2d": "conv",
-    "maxpool2d": "pool",
-    "avgpool2d": "pool",
-    "flatten": "flatten",
-    "dropout": "dropout",
-    "batchnorm1d": "bn",
-    "batchnorm2d": "bn",
-    "leaky": "lif",
-    "synaptic": "syn",
-    "alpha": "alpha",
-    "rleaky": "rlif",
-    "rsynaptic": "rsyn",
-}
-# layers whose output may not be computed once for all steps (randomness, running stats)
-NOT_HOISTABLE = ("dropout", "batchnorm1d", "batchnorm2d")
 
 
-MAX_ELEMENTS = 2**31 - 1  # per tensor: beyond it torch kernels cannot index
+@functools.cache
+def reserved_attributes() -> frozenset[str]:
+    """Names a layer may not take: `self.<name>` must be the layer itself, not an
+    attribute of torch.nn.Module (train, eval, zero_grad...) or of Net."""
+    from torch import nn
+
+    return frozenset(dir(nn.Module())) | {"steps", "forward", "graph", INPUT}
+
+
+@dataclass
+class _Item:
+    """One layer of the expanded spec; `scope` maps the names its `inputs` may
+    use to node names (or to the `_Use` whose input a block's layer reads)."""
+
+    path: tuple  # where its fields are: ("layers", 3) or ("blocks", "res", 1)
+    layer: dict
+    name: str
+    origin: str
+    scope: dict
+    default_input: Any  # a node key, INPUT or a _Use
+    key: str = ""  # unique even where a name is (wrongly) used twice
+    inputs: tuple[str, ...] = ()  # the keys of what it reads
+
+
+@dataclass
+class _Use:
+    """A `{type: block}` layer: its block's layers read what it reads."""
+
+    path: tuple
+    layer: dict
+    default_input: str
 
 
 class _Checker:
     def __init__(self, spec: Spec):
-        self.spec = spec
         self.source = source_of(spec)
         self.problems: list[Problem] = []
 
     def error(self, path: tuple, message: str) -> None:
-        self.problems.append(self.source.problem(path, message))
+        problem = self.source.problem(path, message)
+        if problem not in self.problems:
+            self.problems.append(problem)
 
     def has(self, path: tuple) -> bool:
         """Whether the file sets the key at `path` (a spec built in code: never)."""
         return path in self.source.keys
 
 
-def _describe(shape: Shape) -> str:
-    return "[" + ", ".join(str(s) for s in shape) + "]"
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _sizes(value: Any, dims: int) -> list[int] | None:
-    """An int or a list of 1 or `dims` ints -> `dims` ints (None if the list is
-    longer than `dims`)."""
-    if value is None or isinstance(value, int):
-        return [value] * dims
-    if len(value) == 1:
-        return list(value) * dims
-    return list(value) if len(value) == dims else None
-
-
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _window(layer: dict, shape: Shape, where: str, me: str, chk: _Checker, path):
-    """Output shape, parameter count and normalized sizes of a conv or pool."""
-    kind = layer["type"]
-    dims = 1 if kind == "conv1d" else 2
-    if len(shape) != dims + 1:
-        layout = "[channels, length]" if dims == 1 else "[channels, height, width]"
-        chk.error(path, f"{me} needs {layout} but {where} gives {_describe(shape)}")
-        return None
-    sizes = {}
-    for key in ("kernel_size", "stride", "padding"):
-        sizes[key] = _sizes(layer.get(key), dims)
-        if sizes[key] is None:
-            chk.error(
-                path + (key,),
-                f"{kind} takes one {key} or a list of one, got {layer[key]}",
-            )
-            return None
-    kernel, stride, padding = sizes["kernel_size"], sizes["stride"], sizes["padding"]
-    conv = kind.startswith("conv")
-    if stride[0] is None:
-        stride = kernel  # pooling default
-    out = []
-    for axis, (size, k, s, p) in enumerate(zip(shape[1:], kernel, stride, padding)):
-        if k > size + 2 * p:
-            axis_name = "length" if dims == 1 else ("height", "width")[axis]
-            padded = f" + 2 x padding {p}" if p else ""
-            chk.error(
-                path + ("kernel_size",),
-                f"kernel {k} of {me} is larger than the input {axis_name} "
-                f"{size}{padded}: {where} gives {_describe(shape)}",
-            )
-            return None
-        if not conv and p > k // 2:
-            chk.error(
-                path + ("padding",), f"padding {p} must be at most half the kernel {k}"
-            )
-            return None
-        out.append(_conv_out(size, k, s, p))
-    params = dict(layer, kernel_size=kernel, padding=padding)
-    params["stride"] = stride if conv or layer.get("stride") is not None else None
-    if dims == 1:  # conv1d takes plain ints
-        params.update(kernel_size=kernel[0], stride=stride[0], padding=padding[0])
-    if not conv:
-        return (shape[0], *out), 0, params
-    cin, cout = shape[0], layer["out_channels"]
-    weights = cout * cin * math.prod(kernel) + (cout if layer["bias"] else 0)
-    return (cout, *out), weights, params
-
-
-def _stateless(layer: dict, shape: Shape, where: str, me: str, chk: _Checker, path):
-    """Output shape, parameter count and params of a stateless layer (None on error)."""
-    kind = layer["type"]
-    params = dict(layer)
-    if kind == "flatten":
-        return (math.prod(shape),), 0, params
-    if kind == "linear":
-        if len(shape) != 1:
-            chk.error(
-                path,
-                f"{me} needs flat features [features] but {where} gives "
-                f"{_describe(shape)}; add a flatten layer before it",
-            )
-            return None
-        out = layer["out_features"]
-        return (out,), shape[0] * out + (out if layer["bias"] else 0), params
-    if kind in ("conv1d", "conv2d", "maxpool2d", "avgpool2d"):
-        return _window(layer, shape, where, me, chk, path)
-    if kind == "dropout":
-        return shape, 0, params
-    if kind in ("batchnorm1d", "batchnorm2d"):
-        ok = len(shape) in (1, 2) if kind == "batchnorm1d" else len(shape) == 3
-        if not ok:
-            layout = (
-                "[features] or [channels, length]"
-                if kind == "batchnorm1d"
-                else "[channels, height, width]"
-            )
-            chk.error(path, f"{me} needs {layout} but {where} gives {_describe(shape)}")
-            return None
-        return shape, 2 * shape[0], params
-    raise AssertionError(f"unhandled layer type {kind}")  # the schema admits no other
-
-
-NEURON_FIELDS = (
-    "beta",
-    "threshold",
-    "reset",
-    "learn_beta",
-    "learn_threshold",
-    "per_neuron",
-    "surrogate",
-)
-
-
-def _resolve(layer: dict, defaults: dict, chk: _Checker, path: tuple):
-    """A neuron layer's parameters: its own, else `defaults`, else built-in."""
-    kind = layer["type"]
-    fields = list(NEURON_FIELDS)
-    if kind in ("synaptic", "alpha", "rsynaptic"):
-        fields += ["alpha", "learn_alpha"]
-    params: dict[str, Any] = {}
-    for key in fields:
-        for source in (layer, defaults, NEURON_DEFAULTS):
-            if source.get(key) is not None:
-                params[key] = source[key]
-                break
-        else:
-            chk.error(
-                path + (key,),
-                f"{kind} needs '{key}': set it on the layer or in 'defaults'",
-            )
-    if len(params) < len(fields):
-        return None
-    if kind == "alpha":
-        alpha, beta = params["alpha"], params["beta"]
-        if not 0 < beta < alpha < 1:
-            key = "alpha" if chk.has(path + ("alpha",)) else "beta"
-            at = path + (key,) if chk.has(path + (key,)) else path
-            chk.error(
-                at,
-                f"alpha neurons need 0 < beta < alpha < 1 (their time constant uses "
-                f"log(beta)), got alpha {alpha} and beta {beta}",
-            )
-            return None
-    if "recurrence" in layer:
-        params["recurrence"] = dict(layer["recurrence"])
-    return params
-
-
-def _neuron(params: dict, shape: Shape, me: str, chk: _Checker, path: tuple):
-    """Learnable parameter count of a spiking layer (None on error); completes the
-    recurrence parameters."""
-    numel = math.prod(shape) if params["per_neuron"] else 1
-    learnable = numel * (
-        params["learn_beta"]
-        + params["learn_threshold"]
-        + params.get("learn_alpha", False)
-    )
-    rec = params.get("recurrence")
-    if rec is None:
-        return learnable
-    if rec["type"] == "linear":
-        if len(shape) != 1:
-            chk.error(
-                path + ("recurrence",),
-                f"linear recurrence of {me} needs flat features [features], "
-                f"got {_describe(shape)}; use a conv or one_to_one recurrence",
-            )
-            return None
-        learnable += shape[0] * shape[0] + shape[0]
-    elif rec["type"] == "conv":
-        k = _sizes(rec["kernel_size"], 2)
-        if len(shape) != 3:
-            chk.error(
-                path + ("recurrence",),
-                f"conv recurrence of {me} needs [channels, height, width], "
-                f"got {_describe(shape)}",
-            )
-            return None
-        if k is None or k[0] % 2 == 0 or k[1] % 2 == 0:
-            chk.error(
-                path + ("recurrence", "kernel_size"),
-                f"conv recurrence needs an odd kernel (same padding), got {rec['kernel_size']}",
-            )
-            return None
-        rec["kernel_size"] = k
-        learnable += shape[0] * shape[0] * k[0] * k[1] + shape[0]
-    elif rec["learn"]:
-        learnable += 1
-    return learnable
-
-
-def _name(layer: dict, names: dict, counters: dict) -> str:
+class _Namer:
     """The layer's own name, else its type's prefix and the next free number."""
-    if layer.get("name") is not None:
-        return layer["name"]
-    prefix = PREFIX[layer["type"]]
-    while True:
-        counters[prefix] = counters.get(prefix, 0) + 1
-        name = f"{prefix}{counters[prefix]}"
-        if name not in names:
-            return name
+
+    def __init__(self, layers: list[dict]):
+        self.taken = {x["name"] for x in layers if x.get("name")}
+        self.counters: dict[str, int] = {}
+
+    def __call__(self, layer: dict) -> str:
+        if layer.get("name") is not None:
+            return layer["name"]
+        kind = layer["type"]
+        prefix = layer["use"] if kind == "block" else get(kind).prefix
+        while True:
+            self.counters[prefix] = self.counters.get(prefix, 0) + 1
+            name = f"{prefix}{self.counters[prefix]}"
+            if name not in self.taken:
+                return name
+
+
+def _expand(data: dict, chk: _Checker) -> list[_Item]:
+    """The spec's layers with every block use replaced by its named layers
+    (<use>_<layer>), each with its `inputs` resolved to node names."""
+    blocks = data.get("blocks") or {}
+    namer = _Namer(data["layers"])
+    items: list[_Item] = []
+    top: dict[str, Any] = {INPUT: INPUT}
+    previous = INPUT
+    used: set[str] = set()
+
+    def keyed(item: _Item) -> _Item:
+        item.key = item.name if item.name not in used else f"{item.name}#{len(items)}"
+        used.add(item.name)
+        items.append(item)
+        return item
+
+    for i, layer in enumerate(data["layers"]):
+        path, name = ("layers", i), namer(layer)
+        if layer["type"] != "block":
+            item = keyed(_Item(path, layer, name, f"layers[{i}]", top, previous))
+            top.setdefault(name, item.key)
+            previous = item.key
+            continue
+        use = layer["use"]
+        if use not in blocks:
+            known = (
+                f"; blocks: {', '.join(blocks)}"
+                if blocks
+                else "; the spec has no blocks"
+            )
+            chk.error(
+                path + ("use",), f"unknown block '{use}'{_suggest(use, blocks)}{known}"
+            )
+            continue
+        entry = _Use(path, layer, previous)
+        local: dict[str, Any] = {INPUT: entry}
+        inner = _Namer(blocks[use])
+        last: Any = entry
+        for j, part in enumerate(blocks[use]):
+            ppath = ("blocks", use, j)
+            if part["type"] == "block":
+                chk.error(ppath + ("type",), "a block may not use another block")
+                continue
+            short = inner(part)
+            full = f"{name}_{short}"
+            origin = f"layers[{i}] > blocks.{use}[{j}]"
+            item = keyed(_Item(ppath, part, full, origin, local, last))
+            local.setdefault(short, item.key)
+            top.setdefault(full, item.key)
+            last = item.key
+        top.setdefault(name, last)  # the use's name stands for its last layer
+        previous = last
+    _check_names(items, chk)
+    for item in items:
+        item.inputs = tuple(_inputs(item, top, chk))
+    return items
+
+
+def _check_names(items: list[_Item], chk: _Checker) -> None:
+    """Node names are unique and shadow nothing of the network."""
+    first: dict[str, tuple] = {}
+    for item in items:
+        if item.name in first:
+            line = chk.source.locate(first[item.name])[0]
+            on_line = f" (line {line})" if line is not None else ""
+            chk.error(
+                item.path + ("name",),
+                f"name '{item.name}' is already used by "
+                f"{_where(first[item.name])}{on_line}",
+            )
+        own = item.layer.get("name")
+        if (
+            item.path[0] == "layers"
+            and own is not None
+            and own in reserved_attributes()
+        ):
+            chk.error(
+                item.path + ("name",),
+                f"name '{own}' is taken by the network itself (an attribute of "
+                "torch.nn.Module or Net, such as train, eval, forward, steps, or "
+                "the input); choose another name",
+            )
+        first.setdefault(item.name, item.path)
+
+
+def _where(path: tuple) -> str:
+    if path[0] == "layers":
+        return f"layers[{path[1]}]"
+    return f"blocks.{path[1]}[{path[2]}]"
+
+
+def _inputs(item: _Item, top: dict, chk: _Checker):
+    """Node names of what an item reads (an unknown name: an error)."""
+    wanted = item.layer.get("inputs")
+    if wanted is None:
+        yield _resolved(item.default_input, top, chk)
+        return
+    for k, name in enumerate(wanted):
+        target = item.scope.get(name)
+        if target is None:
+            names = [n for n in item.scope if n != INPUT and isinstance(n, str)]
+            inner = item.scope is not top
+            listing = ", ".join(names + [INPUT]) if names else INPUT
+            chk.error(
+                item.path + ("inputs", k),
+                f"unknown input '{name}'{_suggest(name, item.scope)}; "
+                + ("in this block: " if inner else "layers: ")
+                + listing,
+            )
+            yield f"?{name}"  # unknown: the layer's shape is not inferred
+            continue
+        yield _resolved(target, top, chk)
+
+
+def _resolved(target: Any, top: dict, chk: _Checker) -> str:
+    """A node name for a scope entry (a block use: what the use reads)."""
+    if not isinstance(target, _Use):
+        return target
+    wanted = target.layer.get("inputs")
+    if wanted is None:
+        return _resolved(target.default_input, top, chk)
+    name = wanted[0]
+    if name not in top:
+        names = [n for n in top if n != INPUT]
+        chk.error(
+            target.path + ("inputs", 0),
+            f"unknown input '{name}'{_suggest(name, top)}; layers: "
+            + ", ".join(names + [INPUT]),
+        )
+        return INPUT
+    return _resolved(top[name], top, chk)
+
+
+def _toposort(items: list[_Item], chk: _Checker) -> list[_Item] | None:
+    """Items in topological order, earliest spec position first among the ready
+    ones (a chain keeps its order); None after reporting a cycle."""
+    by_key = {item.key: item for item in items}
+    waiting = {
+        item.key: {n for n in item.inputs if n != INPUT and n in by_key}
+        for item in items
+    }
+    done: set[str] = set()
+    order: list[_Item] = []
+    while len(order) < len(items):
+        ready = [x for x in items if x.key not in done and waiting[x.key] <= done]
+        if not ready:
+            break
+        order.append(ready[0])
+        done.add(ready[0].key)
+    if len(order) == len(items):
+        return order
+    # a cycle: follow inputs among the unfinished until a key repeats
+    name = next(x.key for x in items if x.key not in done)
+    trail: list[str] = []
+    while name not in trail:
+        trail.append(name)
+        name = min(waiting[name] - done)
+    # listed in the direction data flows (each layer feeds the next)
+    cycle = list(reversed(trail[trail.index(name) :] + [name]))
+    chk.error(
+        by_key[cycle[0]].path + ("inputs",),
+        "the layers form a cycle: "
+        + " -> ".join(by_key[k].name for k in cycle)
+        + " (only a neuron's "
+        "own recurrence may feed back; use a recurrent neuron type such as rleaky)",
+    )
+    return None
 
 
 def analyze(spec: Spec) -> Graph:
@@ -286,99 +282,121 @@ def analyze(spec: Spec) -> Graph:
     defaults = {k: v for k, v in (data.get("defaults") or {}).items() if v is not None}
     encoding = data["input"]["encoding"]
     dataset = data["train"]["dataset"]
-    shape: Shape | None = tuple(data["input"]["shape"])
+    input_shape: Shape = tuple(data["input"]["shape"])
     expected_shape, classes = DATASETS[dataset]
-    if expected_shape is not None and shape != expected_shape:
+    if expected_shape is not None and input_shape != expected_shape:
         chk.error(
             ("input", "shape"),
-            f"dataset {dataset} has samples of shape {_describe(expected_shape)}, "
-            f"not {_describe(shape)}",
+            f"dataset {dataset} has samples of shape {describe(expected_shape)}, "
+            f"not {describe(input_shape)}",
         )
-
+    items = _expand(data, chk)
+    order = _toposort(items, chk) if items else None
     nodes: list[Node] = []
-    names: dict[str, int] = {}
-    counters: dict[str, int] = {}
-    invariant = encoding["type"] == "direct"
-    where = "the input"
-    for i, layer in enumerate(data["layers"]):
-        path = ("layers", i)
-        kind = layer["type"]
-        name = _name(layer, names, counters)
-        if name in names:
-            first = chk.source.locate(("layers", names[name]))[0]
-            on_line = f" (line {first})" if first is not None else ""
-            chk.error(
-                path + ("name",),
-                f"name '{name}' is already used by layers[{names[name]}]{on_line}",
-            )
-        if layer.get("name") is not None and name in _reserved_attributes():
-            chk.error(
-                path + ("name",),
-                f"name '{name}' is taken by the network itself (an attribute of "
-                "torch.nn.Module or Net, such as train, eval, forward, steps); "
-                "choose another name",
-            )
-        names.setdefault(name, i)
-        me = f"{name} ({kind})"
-        stateful = kind in NEURON_TYPES
-        result = None
-        if stateful:
-            params = _resolve(layer, defaults, chk, path)
-            if params is not None and shape is not None:
-                count = _neuron(params, shape, me, chk, path)
-                if count is not None:
-                    result = shape, count, params
-            invariant = False
-        elif shape is not None:
-            result = _stateless(layer, shape, where, me, chk, path)
-            invariant = invariant and kind not in NOT_HOISTABLE
-        if result is None:
-            shape = None  # later shapes are unknown: check names and fields only
-            continue
-        out_shape, count, params = result
-        if math.prod(out_shape) > MAX_ELEMENTS or count > MAX_ELEMENTS:
-            chk.error(
-                path,
-                f"{me} is too large: output {_describe(out_shape)}, {count:,} "
-                f"parameters (at most {MAX_ELEMENTS:,} elements per tensor)",
-            )
-            shape = None
-            continue
-        params = {k: v for k, v in params.items() if k not in ("type", "name")}
-        nodes.append(
-            Node(
-                name=name,
-                type=kind,
-                index=i,
-                in_shape=shape,
-                out_shape=out_shape,
-                params=freeze(params),
-                stateful=stateful,
-                time_invariant=invariant and not stateful,
-                num_params=count,
-                neurons=math.prod(out_shape) if stateful else 0,
-                states=STATES.get(kind, ()),
-            )
-        )
-        shape = out_shape
-        where = me
-
-    _check_output(chk, data, nodes, shape, classes)
+    if order is not None:
+        nodes = _infer(order, input_shape, encoding["type"] == "direct", defaults, chk)
+        if len(nodes) == len(order):
+            _check_reach(order, chk)
+            _check_output(chk, data, order[-1], nodes[-1], classes)
     if chk.problems:
         raise SpecError(chk.problems)
-    last = nodes[-1]
     return Graph(
         name=spec.name,
         steps=spec.steps,
-        input_shape=tuple(data["input"]["shape"]),
+        input_shape=input_shape,
         encoding=freeze(encoding),
         nodes=tuple(nodes),
         decoding=data["decoding"]["type"],
         loss=freeze(data["loss"]),
         train=freeze(_train(data["train"])),
-        num_classes=last.out_shape[0],
+        num_classes=nodes[-1].out_shape[0],
         spec_json=spec.model_dump_json(),
     )
+
+
+def _infer(
+    order, input_shape, direct: bool, defaults: dict, chk: _Checker
+) -> list[Node]:
+    """Nodes with shapes, parameters and flags, through each type's descriptor.
+    A layer whose inputs' shapes are unknown after an earlier error still has
+    its neuron fields checked."""
+    shapes: dict[str, Shape] = {INPUT: input_shape}
+    invariant: dict[str, bool] = {INPUT: direct}
+    labels: dict[str, str] = {INPUT: "the input"}
+    nodes: list[Node] = []
+    for item in order:
+        kind = item.layer["type"]
+        descriptor = get(kind)
+        me = f"{item.name} ({kind})"
+        ctx = Context(
+            lambda field, message, path=item.path: chk.error(path + field, message),
+            me,
+            [labels.get(n, n) for n in item.inputs],
+            lambda field, path=item.path: chk.has(path + field),
+        )
+        params = {k: v for k, v in item.layer.items() if k not in ("name", "inputs")}
+        if descriptor.role == "neuron":
+            params = descriptor.resolve(params, defaults, ctx)
+        low, high = descriptor.arity
+        count = len(item.inputs)
+        if count < low or (high is not None and count > high):
+            want = f"at least {low}" if high is None else f"{low}"
+            chk.error(
+                item.path + ("inputs",),
+                f"{me} takes {want} input{'s' if (high or low) != 1 else ''}, "
+                f"got {count}",
+            )
+            continue
+        if params is None or any(n not in shapes for n in item.inputs):
+            continue  # an input's shape is unknown after an earlier error
+        in_shapes = tuple(shapes[n] for n in item.inputs)
+        found = descriptor.infer(params, list(in_shapes), ctx)
+        if found is None:
+            continue
+        if count_too_large(found.shape, found.num_params):
+            chk.error(
+                item.path,
+                f"{me} is too large: output {describe(found.shape)}, "
+                f"{found.num_params:,} parameters (at most 2,147,483,647 elements "
+                "per tensor)",
+            )
+            continue
+        kept = {k: v for k, v in found.params.items() if k != "type"}
+        steady = descriptor.hoistable and all(invariant[n] for n in item.inputs)
+        nodes.append(
+            Node(
+                name=item.name,
+                type=kind,
+                origin=item.origin,
+                inputs=item.inputs,
+                in_shapes=in_shapes,
+                out_shape=tuple(found.shape),
+                params=freeze(kept),
+                time_invariant=steady,
+                num_params=found.num_params,
+                states=descriptor.states,
+            )
+        )
+        shapes[item.key] = tuple(found.shape)
+        invariant[item.key] = steady
+        labels[item.key] = me
+    return nodes
+
+
+def _check_reach(order: list[_Item], chk: _Checker) -> None:
+    """Every layer feeds the output (the spec's last layer): none computed for nothing."""
+    needed = {order[-1].key}
+    for item in reversed(order):
+        if item.key in needed:
+            needed.update(item.inputs)
+    output = order[-1].name
+    for item in order:
+        if item.key not in needed:
+            chk.error(
+                item.path,
+                f"{item.name} is not used: the output layer {output} does not read "
+                "it, directly or through other layers",
+            )
 
 
 def _train(train: dict) -> dict:
@@ -387,40 +405,28 @@ def _train(train: dict) -> dict:
     return {**train, "eval_batch_size": train["eval_batch_size"] or train["batch_size"]}
 
 
-def _check_output(chk: _Checker, data: dict, nodes: list, shape, classes) -> None:
+def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, classes) -> None:
     """The decoding and the loss read the last layer: one spiking neuron per class."""
-    layers = data["layers"]
-    last_path = ("layers", len(layers) - 1)
-    kind = layers[-1]["type"]
-    if kind not in NEURON_TYPES:
+    if not last.stateful:
         chk.error(
-            last_path,
-            f"the last layer must be a spiking neuron layer, not {kind}: decoding "
+            item.path,
+            f"the last layer must be a spiking neuron layer, not {last.type}: decoding "
             f"'{data['decoding']['type']}' and loss '{data['loss']['type']}' read "
             "its spikes and membrane",
         )
         return
-    if shape is None:
-        return  # its shape is unknown after an earlier error
-    last = nodes[-1]
+    shape = last.out_shape
     if len(shape) != 1:
         chk.error(
-            last_path,
+            item.path,
             f"the output layer {last.name} must give one neuron per class "
-            f"[classes], got {_describe(shape)}; add flatten and linear layers",
+            f"[classes], got {describe(shape)}; add flatten and linear layers",
         )
     elif classes is not None and shape[0] != classes:
         chk.error(
-            last_path,
+            item.path,
             f"dataset {data['train']['dataset']} has {classes} classes but the "
             f"output layer {last.name} has {shape[0]} neurons",
         )
     elif shape[0] < 2:
-        chk.error(last_path, "a classifier needs at least 2 output neurons")
-
-
-def _reserved_attributes() -> frozenset[str]:
-    """Layer names that would shadow attributes of the generated network."""
-    from ..codegen.render import reserved_attributes
-
-    return reserved_attributes()
+        chk.error(item.path, "a classifier needs at least 2 output neurons")

@@ -1,7 +1,9 @@
 """The normalized, immutable intermediate representation every backend reads.
 
-A `Graph` is a chain of `Node`s with names, resolved parameters and inferred
-per-sample shapes (batch and time axes excluded).
+A `Graph` is a DAG of `Node`s in topological order: each node names the nodes it
+reads (`inputs`; "input" is the network input), with resolved parameters and
+inferred per-sample shapes (batch and time axes excluded). A neuron's own
+recurrence is inside the node, so the graph has no cycles.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..types import LayerType, get
+
 Shape = tuple[int, ...]
+INPUT = "input"  # the name of the network input in `inputs`
 
 
 def freeze(value: Any) -> Any:
@@ -25,19 +30,39 @@ def freeze(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Node:
-    """One layer: `type` selects its lowering; `params` are fully resolved."""
+    """One layer: `type` selects its descriptor; `params` are fully resolved."""
 
     name: str
     type: str
-    index: int  # position in the spec's `layers` list
-    in_shape: Shape
+    origin: str  # where the spec defines it: "layers[3]", "layers[2] > blocks.res[1]"
+    inputs: tuple[str, ...]  # names of the nodes it reads, or INPUT
+    in_shapes: tuple[Shape, ...]
     out_shape: Shape
     params: Mapping[str, Any]
-    stateful: bool  # a spiking neuron with state carried over time
     time_invariant: bool  # sees the same input at every step (hoistable)
     num_params: int  # learnable parameters
-    neurons: int  # spiking neurons (0 for stateless layers)
     states: tuple[str, ...] = ()  # names of the state tensors, in order
+
+    @property
+    def descriptor(self) -> LayerType:
+        return get(self.type)
+
+    @property
+    def in_shape(self) -> Shape:
+        return self.in_shapes[0]
+
+    @property
+    def stateful(self) -> bool:
+        """A spiking neuron, with state carried over time."""
+        return self.descriptor.role == "neuron"
+
+    @property
+    def neurons(self) -> int:
+        """Spiking neurons (0 for other layers)."""
+        n = 1
+        for size in self.out_shape:
+            n *= size
+        return n if self.stateful else 0
 
 
 @dataclass(frozen=True)
@@ -48,12 +73,16 @@ class Graph:
     steps: int
     input_shape: Shape
     encoding: Mapping[str, Any]
-    nodes: tuple[Node, ...]
+    nodes: tuple[Node, ...]  # topological order; the last is the output
     decoding: str
     loss: Mapping[str, Any]
     train: Mapping[str, Any]
     num_classes: int
     spec_json: str = field(repr=False, default="")  # the validated spec, as JSON
+
+    @property
+    def output(self) -> Node:
+        return self.nodes[-1]
 
     @property
     def neuron_nodes(self) -> tuple[Node, ...]:
@@ -67,3 +96,22 @@ class Graph:
     def sequence_input(self) -> bool:
         """Whether the model takes [T, B, ...] input instead of [B, ...]."""
         return self.encoding["type"] in ("spikes", "delta")
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def consumers(self, name: str) -> tuple[Node, ...]:
+        """The nodes that read `name` (a node or INPUT), in order."""
+        return tuple(n for n in self.nodes if name in n.inputs)
+
+    def is_chain(self) -> bool:
+        """Whether every node reads just the node before it."""
+        previous = INPUT
+        for node in self.nodes:
+            if node.inputs != (previous,):
+                return False
+            previous = node.name
+        return True

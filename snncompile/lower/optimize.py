@@ -57,8 +57,10 @@ def _configure_dynamo() -> None:
 
 
 def neurons(net: torch.nn.Module) -> list[torch.nn.Module]:
-    """The spiking neuron layers of a built net (they have a `compiled` flag)."""
-    return [m for m in net.modules() if hasattr(type(m), "compiled")]
+    """The accelerated neuron layers of a net (they have a `compiled` flag)."""
+    from .kernels import neurons as accelerated
+
+    return accelerated(net)
 
 
 def native_fits(module: torch.nn.Module) -> bool:
@@ -81,8 +83,11 @@ def compile_neurons(
 ) -> torch.nn.Module:
     """Run every neuron's time loop through torch.compile, or with `kernels` (a
     kernel provider: snncompile.native.kernels()) the Leaky layers that fit by
-    it and the rest through torch.compile (in place); returns net."""
-    modules = neurons(net)
+    it and the rest through torch.compile (in place, on top of the fused kernels
+    of lower/kernels.py); returns net."""
+    from .kernels import accelerate
+
+    modules = neurons(accelerate(net))
     dynamo = [m for m in modules if not (kernels and native_fits(m))]
     if enabled and dynamo:
         _configure_dynamo()  # imports dynamo: only when something needs it

@@ -9,7 +9,7 @@ import torch
 def time_batched(layer, x):
     """Run `layer` once over all steps: [T, B, ...] -> [T * B, ...] -> [T, B, ...]."""
     out = layer(x.flatten(0, 1))
-    return out.unflatten(0, x.shape[:2])
+    return out.reshape(x.shape[0], -1, *out.shape[1:])  # -1: the batch
 
 
 def per_step(layer, x):

@@ -7,24 +7,20 @@ Conventions shared by every neuron (snnTorch's defaults):
 - spk[t] = S(mem[t] - threshold), S the Heaviside step (strict >) forward and
   the surrogate's derivative backward.
 
-`step` advances one time step; `forward` runs a whole sequence [T, B, ...]:
-Leaky by runtime/fused.py's sequence kernel, the others by their step loop. With
-`compiled` set (snncompile.lower.optimize, a generated script's --compile) that loop,
-or the Leaky kernel's loops, run through torch.compile: one fused C++ loop.
-These classes are inlined verbatim into generated code (only torch is used).
+`step` advances one time step; `forward` runs a whole sequence [T, B, ...] by
+calling `step` once per step. These classes are inlined verbatim into generated
+code (only torch is used); snncompile puts fused and compiled kernels on top of
+them (snncompile/lower/kernels.py), with the same spikes.
 """
 
 import torch
 from torch import nn
-
-from .fused import fused_leaky, torch_compiled
 
 
 class SpikingNeuron(nn.Module):
     """Parameters, firing and the time loop shared by every neuron type."""
 
     state_names = ("mem",)
-    compiled = False  # run the time loop through torch.compile (see module doc)
 
     def __init__(
         self,
@@ -73,12 +69,6 @@ class SpikingNeuron(nn.Module):
     def forward(self, cur, record_mem=True):
         """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
         `record_mem` (a hidden layer passes on only its spikes)."""
-        if self.compiled and not torch.compiler.is_compiling():
-            return torch_compiled(type(self).loop)(self, cur, record_mem)
-        return self.loop(cur, record_mem)
-
-    def loop(self, cur, record_mem=True):
-        """The time loop: `step` once per step (what forward runs)."""
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T
@@ -97,15 +87,6 @@ class Leaky(SpikingNeuron):
     zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + I[t]
     none:     mem[t] = b * mem[t-1] + I[t]
     """
-
-    fused = True  # False: the plain step loop instead of the fused kernel
-
-    def forward(self, cur, record_mem=True):
-        """The whole sequence by the fused kernel: one autograd node, the same
-        float operations as `step` (identical spikes and membranes)."""
-        if not self.fused:
-            return super().forward(cur, record_mem)
-        return fused_leaky(self, cur, compiled=self.compiled, record_mem=record_mem)
 
     def step(self, cur, state):
         (mem,) = state

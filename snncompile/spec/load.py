@@ -391,11 +391,12 @@ def _model_at(path: Path, data: Any) -> type[BaseModel] | None:
             return None
         candidates = _unwrap(field.annotation)
         i += 1
-        if candidates and typing.get_origin(candidates[0]) is list:
+        while candidates and typing.get_origin(candidates[0]) in (list, dict):
             if i == len(path):
                 return None
-            candidates = _unwrap(typing.get_args(candidates[0])[0])
-            i += 1  # skip the list index
+            # a list index or a mapping key: on to the type of the items
+            candidates = _unwrap(typing.get_args(candidates[0])[-1])
+            i += 1
         value = _get(data, path[:i])
         models = [
             c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)

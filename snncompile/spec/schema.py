@@ -7,101 +7,22 @@ mapping discriminated by its ``type`` key.
 
 from __future__ import annotations
 
-import keyword
-import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, create_model, field_validator
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-FORMAT_VERSION = 1
-
-
-class Strict(BaseModel):
-    """Base of every spec model: unknown keys are errors, values are immutable,
-    numbers are finite."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def check_identifier(value: str | None) -> str | None:
-    """Only plain ASCII identifiers may name things: they reach generated code."""
-    if value is None:
-        return value
-    odd = [c for c in value if not (c.isascii() and (c.isalnum() or c == "_"))]
-    if odd:
-        raise ValueError(
-            f"{value!r} is not a valid name: {odd[0]!r} (U+{ord(odd[0]):04X}) is not "
-            "allowed; use ASCII letters, digits and '_'"
-        )
-    if not IDENTIFIER.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a valid name: use ASCII letters, digits and '_', "
-            "starting with a letter or '_', at most 64 characters"
-        )
-    if value.startswith("__"):
-        raise ValueError(f"{value!r} is not a valid name: it may not start with '__'")
-    if keyword.iskeyword(value) or keyword.issoftkeyword(value):
-        raise ValueError(f"{value!r} is not a valid name: it is a Python keyword")
-    return value
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
-Size = PositiveInt | Annotated[list[PositiveInt], Field(min_length=1, max_length=2)]
-Padding = (
-    Annotated[int, Field(ge=0)]
-    | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=2)]
+from ..types import REGISTRY, get, of_role
+from ..types.fields import (  # noqa: F401 - part of the spec language
+    IDENTIFIER,
+    PositiveInt,
+    ResetMode,
+    Strict,
+    Surrogate,
+    check_identifier,
 )
+from ..types.neurons import Recurrence  # noqa: F401 - part of the spec language
 
-
-# --------------------------------------------------------------------------- surrogates
-class ATan(Strict):
-    type: Literal["atan"] = Field(
-        description="Arctangent surrogate (snnTorch default)."
-    )
-    alpha: float = Field(
-        2.0, gt=0, description="Steepness; dS/dU = (alpha/2) / (1 + (pi/2 alpha U)^2)."
-    )
-
-
-class FastSigmoid(Strict):
-    type: Literal["fast_sigmoid"] = Field(description="Fast sigmoid surrogate.")
-    slope: float = Field(25.0, gt=0, description="dS/dU = 1 / (slope |U| + 1)^2.")
-
-
-class Sigmoid(Strict):
-    type: Literal["sigmoid"] = Field(description="Logistic sigmoid surrogate.")
-    slope: float = Field(
-        25.0, gt=0, description="dS/dU = slope e^(-slope U) / (e^(-slope U) + 1)^2."
-    )
-
-
-class Triangular(Strict):
-    type: Literal["triangular"] = Field(
-        description="Triangular surrogate, as snnTorch defines it."
-    )
-    threshold: float = Field(
-        1.0, gt=0, description="Gradient magnitude; negated where U >= 0."
-    )
-
-
-class StraightThrough(Strict):
-    type: Literal["straight_through"] = Field(
-        description="Straight-through estimator: dS/dU = 1."
-    )
-
-
-class SpikeRateEscape(Strict):
-    type: Literal["spike_rate_escape"] = Field(description="Escape-noise surrogate.")
-    beta: float = Field(1.0, description="dS/dU = slope e^(-beta |U - 1|).")
-    slope: float = Field(25.0, gt=0, description="Gradient scale.")
-
-
-Surrogate = Annotated[
-    ATan | FastSigmoid | Sigmoid | Triangular | StraightThrough | SpikeRateEscape,
-    Field(discriminator="type"),
-]
-ResetMode = Literal["subtract", "zero", "none"]
+FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- encodings
@@ -165,202 +86,48 @@ class Input(Strict):
 
 
 # --------------------------------------------------------------------------- layers
-class LayerBase(Strict):
+class Block(Strict):
+    """A use of a named block: its layers, instantiated under this layer's name."""
+
+    type: Literal["block"] = Field(
+        description="The layers of a `blocks` entry, named <name>_<layer>."
+    )
+    use: str = Field(description="Name of the block in `blocks`.")
     name: str | None = Field(
-        None, description="Identifier of the layer; derived from its type if omitted."
+        None, description="Name of this use; derived from the block's name if omitted."
+    )
+    inputs: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=1,
+        description="The layer the block reads; default: the layer before it.",
     )
 
-    @field_validator("name")
+    @field_validator("name", "use")
     @classmethod
     def _valid_name(cls, value):
         return check_identifier(value)
 
 
-class Linear(LayerBase):
-    type: Literal["linear"] = Field(
-        description="Fully connected layer over the last axis."
-    )
-    out_features: PositiveInt = Field(description="Number of output features.")
-    bias: bool = Field(True, description="Learn an additive bias.")
-
-
-class ConvBase(LayerBase):
-    out_channels: PositiveInt = Field(description="Number of output channels.")
-    kernel_size: Size = Field(description="Kernel size (int or list).")
-    stride: Size = Field(1, description="Stride.")
-    padding: Padding = Field(0, description="Zero padding on each side.")
-    bias: bool = Field(True, description="Learn an additive bias.")
-
-
-class Conv1d(ConvBase):
-    type: Literal["conv1d"] = Field(description="1-d convolution over [C, L].")
-
-
-class Conv2d(ConvBase):
-    type: Literal["conv2d"] = Field(description="2-d convolution over [C, H, W].")
-
-
-class PoolBase(LayerBase):
-    kernel_size: Size = Field(description="Pooling window.")
-    stride: Size | None = Field(None, description="Stride; defaults to kernel_size.")
-    padding: Padding = Field(0, description="Implicit padding on each side.")
-
-
-class MaxPool2d(PoolBase):
-    type: Literal["maxpool2d"] = Field(description="2-d max pooling.")
-
-
-class AvgPool2d(PoolBase):
-    type: Literal["avgpool2d"] = Field(description="2-d average pooling.")
-
-
-class Flatten(LayerBase):
-    type: Literal["flatten"] = Field(description="Flatten all feature axes into one.")
-
-
-class Dropout(LayerBase):
-    type: Literal["dropout"] = Field(description="Dropout (active in training only).")
-    p: float = Field(0.5, ge=0, lt=1, description="Probability of zeroing an element.")
-
-
-class BatchNormBase(LayerBase):
-    eps: float = Field(1e-5, gt=0, description="Added to the variance for stability.")
-    momentum: float = Field(0.1, ge=0, le=1, description="Running statistics momentum.")
-
-
-class BatchNorm1d(BatchNormBase):
-    type: Literal["batchnorm1d"] = Field(
-        description="Batch normalization over features [C] or [C, L]."
-    )
-
-
-class BatchNorm2d(BatchNormBase):
-    type: Literal["batchnorm2d"] = Field(
-        description="Batch normalization over [C, H, W]."
-    )
-
-
-class NeuronFields(Strict):
-    """Neuron parameters; any left out come from `defaults`, then built-in defaults."""
-
-    beta: float | None = Field(
-        None, ge=0, le=1, description="Membrane decay per step, in [0, 1]."
-    )
-    threshold: float | None = Field(
-        None, gt=0, description="Firing threshold, > 0 (default 1.0)."
-    )
-    reset: ResetMode | None = Field(
-        None, description="Reset after a spike: subtract (default), zero or none."
-    )
-    learn_beta: bool | None = Field(None, description="Learn beta (default false).")
-    learn_threshold: bool | None = Field(
-        None, description="Learn the threshold (default false)."
-    )
-    per_neuron: bool | None = Field(
-        None,
-        description="One beta/threshold (and alpha) per neuron instead of a scalar (default false).",
-    )
-    surrogate: Surrogate | None = Field(
-        None, description="Surrogate gradient of the spike (default atan)."
-    )
-
-
-class SynapticFields(NeuronFields):
-    alpha: float | None = Field(
-        None, ge=0, le=1, description="Synaptic current decay per step, in [0, 1]."
-    )
-    learn_alpha: bool | None = Field(None, description="Learn alpha (default false).")
-
-
-class LinearRecurrence(Strict):
-    type: Literal["linear"] = Field(
-        description="All-to-all recurrent weights (with bias) over the features."
-    )
-
-
-class OneToOneRecurrence(Strict):
-    type: Literal["one_to_one"] = Field(
-        description="Each neuron feeds back its own spike, scaled by V."
-    )
-    V: float = Field(1.0, description="Initial recurrent gain.")
-    learn: bool = Field(True, description="Learn V.")
-
-
-class ConvRecurrence(Strict):
-    type: Literal["conv"] = Field(
-        description="Same-padded conv2d recurrence over [C, H, W] feature maps."
-    )
-    kernel_size: Size = Field(
-        description="Odd kernel size of the recurrent convolution."
-    )
-
-
-Recurrence = Annotated[
-    LinearRecurrence | OneToOneRecurrence | ConvRecurrence,
-    Field(discriminator="type"),
-]
-
-
-class Leaky(LayerBase, NeuronFields):
-    type: Literal["leaky"] = Field(
-        description="Leaky integrate-and-fire neuron (snnTorch Leaky)."
-    )
-
-
-class Synaptic(LayerBase, SynapticFields):
-    type: Literal["synaptic"] = Field(
-        description="Two-state LIF with synaptic current (snnTorch Synaptic)."
-    )
-
-
-class Alpha(LayerBase, SynapticFields):
-    type: Literal["alpha"] = Field(
-        description="Alpha neuron with excitatory/inhibitory currents (snnTorch Alpha)."
-    )
-
-
-class RLeaky(LayerBase, NeuronFields):
-    type: Literal["rleaky"] = Field(
-        description="Recurrent leaky neuron (snnTorch RLeaky)."
-    )
-    recurrence: Recurrence = Field(
-        default_factory=lambda: LinearRecurrence(type="linear"),
-        description="How output spikes feed back into the neuron.",
-    )
-
-
-class RSynaptic(LayerBase, SynapticFields):
-    type: Literal["rsynaptic"] = Field(
-        description="Recurrent synaptic neuron (snnTorch RSynaptic)."
-    )
-    recurrence: Recurrence = Field(
-        default_factory=lambda: LinearRecurrence(type="linear"),
-        description="How output spikes feed back into the neuron.",
-    )
-
-
+# every registered layer and neuron type, plus block uses
 Layer = Annotated[
-    Linear
-    | Conv1d
-    | Conv2d
-    | MaxPool2d
-    | AvgPool2d
-    | Flatten
-    | Dropout
-    | BatchNorm1d
-    | BatchNorm2d
-    | Leaky
-    | Synaptic
-    | Alpha
-    | RLeaky
-    | RSynaptic,
+    Union[tuple(d.schema for d in REGISTRY.values()) + (Block,)],  # noqa: UP007
     Field(discriminator="type"),
 ]
-NEURON_TYPES = ("leaky", "synaptic", "alpha", "rleaky", "rsynaptic")
-
-
-class Defaults(SynapticFields):
-    """Neuron fields set once for the whole network; a layer's own value wins."""
+NEURON_TYPES = of_role("neuron")
+# the fields a `defaults` block may set: every neuron type's, once each
+_NEURON_FIELDS = {
+    name: (info.annotation, info)
+    for kind in NEURON_TYPES
+    for name, info in get(kind).schema.model_fields.items()
+    if name in type(get(kind)).fields()
+}
+Defaults = create_model(
+    "Defaults",
+    __base__=Strict,
+    __doc__="Neuron fields set once for the whole network; a layer's own value wins.",
+    **_NEURON_FIELDS,
+)
 
 
 # --------------------------------------------------------------------------- decoding / loss
@@ -565,8 +332,13 @@ class Spec(Strict):
     defaults: Defaults | None = Field(
         None, description="Neuron fields for every spiking layer."
     )
+    blocks: dict[str, Annotated[list[Layer], Field(min_length=1)]] | None = Field(
+        None,
+        description="Named lists of layers, used (several times) by {type: block, use: NAME}.",
+    )
     layers: Annotated[list[Layer], Field(min_length=1)] = Field(
-        description="Layers in order, input to output."
+        description="Layers in order, input to output; a layer reads the one before "
+        "it unless it names its `inputs`."
     )
     decoding: Decoding = Field(
         default_factory=lambda: Decoding(type="rate"),

@@ -1,0 +1,430 @@
+"""Train `mnist_sew_resnet` on MNIST with plain PyTorch; needs only torch and torchvision:
+
+    python mnist_sew_resnet.py --data-root DATA --epochs 1 --out runs/mnist_sew_resnet
+
+Generated from the spec `mnist_sew_resnet` by `snncompile codegen` (regenerate rather than
+edit). `Net` maps input [B, 1, 28, 28] to (spk, mem) of the output layer,
+each [T, B, 10]; --out receives metrics.json and model.pt.
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+NAME = "mnist_sew_resnet"
+DESCRIPTION = "SEW-ResNet-style convolutional SNN with residual ADD blocks on MNIST"
+
+# spec `train`: the defaults of the command-line options
+EPOCHS = 1
+SEED = 0
+DEVICE = "auto"
+LIMIT_TRAIN = None
+LIMIT_TEST = None
+BATCH_SIZE = 128
+EVAL_BATCH_SIZE = 128
+
+
+# ------------------------------------------------------------------------ model
+# spec `input`, `steps` and `layers`: surrogate gradients, neurons and Net, the
+# very source that snncompile.build() executes for this spec.
+
+
+class ATan(torch.autograd.Function):
+    """Arctangent surrogate: dS/dU = (alpha / 2) / (1 + (pi / 2 * alpha * U)^2)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        alpha = ctx.alpha
+        return alpha / 2 / (1 + (math.pi / 2 * alpha * x).pow(2)) * grad, None
+
+
+class SpikingNeuron(nn.Module):
+    """Parameters, firing and the time loop shared by every neuron type."""
+
+    state_names = ("mem",)
+
+    def __init__(
+        self,
+        shape,
+        beta,
+        threshold=1.0,
+        reset="subtract",
+        learn_beta=False,
+        learn_threshold=False,
+        per_neuron=False,
+        surrogate=None,
+        surrogate_args=(),
+    ):
+        super().__init__()
+        self.size = tuple(shape) if per_neuron else ()
+        self.reset_mode = reset
+        self.surrogate = surrogate
+        self.surrogate_args = tuple(surrogate_args)
+        self.hard = False  # True: plain comparison instead of surrogate (inference)
+        self.constant("beta", beta, learn_beta)
+        self.constant("threshold", threshold, learn_threshold)
+
+    def constant(self, name, value, learn):
+        """A scalar or per-neuron parameter, learnable or a buffer."""
+        tensor = torch.full(self.size, float(value))
+        if learn:
+            setattr(self, name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+
+    def fire(self, mem):
+        """spk = S(mem - threshold)."""
+        shifted = mem - self.threshold
+        if self.hard or self.surrogate is None:
+            return (shifted > 0).to(mem.dtype)
+        return self.surrogate.apply(shifted, *self.surrogate_args)
+
+    def reset_signal(self, mem):
+        """Detached reset from the previous membrane: H(mem - threshold)."""
+        return (mem - self.threshold > 0).to(mem.dtype)
+
+    def init_state(self, cur):
+        """Zero states shaped like one step of input."""
+        return tuple(torch.zeros_like(cur) for _ in self.state_names)
+
+    def forward(self, cur, record_mem=True):
+        """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
+        `record_mem` (a hidden layer passes on only its spikes)."""
+        state = self.init_state(cur[0])
+        spks, mems = [], []
+        # unbind, not cur[t]: indexing would make backward allocate and sum T
+        # full-size gradients (quadratic in T); unbind's backward is one stack
+        for cur_t in cur.unbind(0):
+            spk, state = self.step(cur_t, state)
+            spks.append(spk)
+            mems.append(state[-1])
+        return torch.stack(spks), torch.stack(mems) if record_mem else None
+
+
+class Leaky(SpikingNeuron):
+    """Leaky integrate-and-fire (snnTorch Leaky), b = clamp(beta, 0, 1):
+
+    subtract: mem[t] = b * mem[t-1] + I[t] - reset[t] * threshold
+    zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + I[t]
+    none:     mem[t] = b * mem[t-1] + I[t]
+    """
+
+    def step(self, cur, state):
+        (mem,) = state
+        reset = self.reset_signal(mem)
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mode == "subtract":
+            mem = beta * mem + cur - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = beta * ((1 - reset) * mem) + cur
+        else:
+            mem = beta * mem + cur
+        return self.fire(mem), (mem,)
+
+
+def time_batched(layer, x):
+    """Run `layer` once over all steps: [T, B, ...] -> [T * B, ...] -> [T, B, ...]."""
+    out = layer(x.flatten(0, 1))
+    return out.reshape(x.shape[0], -1, *out.shape[1:])
+
+
+def per_step(layer, x):
+    """Run `layer` at each step on its own (batch statistics stay per step)."""
+    return torch.stack([layer(x[t]) for t in range(x.shape[0])])
+
+
+class Net(nn.Module):
+    """Spiking network `mnist_sew_resnet`, 4 time steps."""
+
+    steps = 4
+
+    def __init__(self):
+        super().__init__()
+        # layers[0] stem (conv2d): [1, 28, 28] -> [16, 28, 28]; time-invariant
+        self.stem = nn.Conv2d(1, 16, kernel_size=(3, 3), padding=(1, 1), bias=False)
+        # layers[1] stem_bn (batchnorm2d): [16, 28, 28] -> [16, 28, 28]
+        self.stem_bn = nn.BatchNorm2d(16)
+        # layers[2] stem_lif (leaky): [16, 28, 28] -> [16, 28, 28]; state: mem
+        self.stem_lif = Leaky(
+            (16, 28, 28), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+        )
+        # layers[3] pool1 (maxpool2d): [16, 28, 28] -> [16, 14, 14]
+        self.pool1 = nn.MaxPool2d(kernel_size=(2, 2))
+        # layers[4] > blocks.sew[0] res1_conv1 (conv2d): [16, 14, 14] -> [16, 14, 14]
+        self.res1_conv1 = nn.Conv2d(
+            16, 16, kernel_size=(3, 3), padding=(1, 1), bias=False
+        )
+        # layers[4] > blocks.sew[1] res1_bn1 (batchnorm2d): [16, 14, 14] -> [16, 14, 14]
+        self.res1_bn1 = nn.BatchNorm2d(16)
+        # layers[4] > blocks.sew[2] res1_lif1 (leaky): [16, 14, 14] -> [16, 14, 14]; state: mem
+        self.res1_lif1 = Leaky(
+            (16, 14, 14), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+        )
+        # layers[4] > blocks.sew[3] res1_conv2 (conv2d): [16, 14, 14] -> [16, 14, 14]
+        self.res1_conv2 = nn.Conv2d(
+            16, 16, kernel_size=(3, 3), padding=(1, 1), bias=False
+        )
+        # layers[4] > blocks.sew[4] res1_bn2 (batchnorm2d): [16, 14, 14] -> [16, 14, 14]
+        self.res1_bn2 = nn.BatchNorm2d(16)
+        # layers[4] > blocks.sew[5] res1_lif2 (leaky): [16, 14, 14] -> [16, 14, 14]; state: mem
+        self.res1_lif2 = Leaky(
+            (16, 14, 14), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+        )
+        # layers[5] pool2 (maxpool2d): [16, 14, 14] -> [16, 7, 7]
+        self.pool2 = nn.MaxPool2d(kernel_size=(2, 2))
+        # layers[6] > blocks.sew[0] res2_conv1 (conv2d): [16, 7, 7] -> [16, 7, 7]
+        self.res2_conv1 = nn.Conv2d(
+            16, 16, kernel_size=(3, 3), padding=(1, 1), bias=False
+        )
+        # layers[6] > blocks.sew[1] res2_bn1 (batchnorm2d): [16, 7, 7] -> [16, 7, 7]
+        self.res2_bn1 = nn.BatchNorm2d(16)
+        # layers[6] > blocks.sew[2] res2_lif1 (leaky): [16, 7, 7] -> [16, 7, 7]; state: mem
+        self.res2_lif1 = Leaky(
+            (16, 7, 7), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+        )
+        # layers[6] > blocks.sew[3] res2_conv2 (conv2d): [16, 7, 7] -> [16, 7, 7]
+        self.res2_conv2 = nn.Conv2d(
+            16, 16, kernel_size=(3, 3), padding=(1, 1), bias=False
+        )
+        # layers[6] > blocks.sew[4] res2_bn2 (batchnorm2d): [16, 7, 7] -> [16, 7, 7]
+        self.res2_bn2 = nn.BatchNorm2d(16)
+        # layers[6] > blocks.sew[5] res2_lif2 (leaky): [16, 7, 7] -> [16, 7, 7]; state: mem
+        self.res2_lif2 = Leaky(
+            (16, 7, 7), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+        )
+        # layers[7] flatten1 (flatten): [16, 7, 7] -> [784]
+        self.flatten1 = nn.Flatten()
+        # layers[8] fc (linear): [784] -> [10]
+        self.fc = nn.Linear(784, 10)
+        # layers[9] lif_out (leaky): [10] -> [10]; state: mem
+        self.lif_out = Leaky((10,), beta=0.5, surrogate=ATan, surrogate_args=(2.0,))
+
+    def forward(self, x, all_spikes=False):
+        """x [B, 1, 28, 28] -> (spk, mem) of lif_out, each [T, B, 10].
+
+        With all_spikes=True, also returns every spiking layer's spikes by name.
+        """
+        # time-invariant: computed once, shared by all 4 steps
+        h = self.stem(x)  # [16, 28, 28]
+        h = h.expand(self.steps, *h.shape)  # [T, B, ...] without a copy
+        h = per_step(self.stem_bn, h)  # [16, 28, 28]
+        spk_stem_lif, _ = self.stem_lif(h, record_mem=False)
+        h_pool1 = time_batched(self.pool1, spk_stem_lif)  # [16, 14, 14]
+        h = time_batched(self.res1_conv1, h_pool1)  # [16, 14, 14]
+        h = per_step(self.res1_bn1, h)  # [16, 14, 14]
+        spk_res1_lif1, _ = self.res1_lif1(h, record_mem=False)
+        h = time_batched(self.res1_conv2, spk_res1_lif1)  # [16, 14, 14]
+        h = per_step(self.res1_bn2, h)  # [16, 14, 14]
+        spk_res1_lif2, _ = self.res1_lif2(h, record_mem=False)
+        h = spk_res1_lif2 + h_pool1  # [16, 14, 14]
+        h_pool2 = time_batched(self.pool2, h)  # [16, 7, 7]
+        h = time_batched(self.res2_conv1, h_pool2)  # [16, 7, 7]
+        h = per_step(self.res2_bn1, h)  # [16, 7, 7]
+        spk_res2_lif1, _ = self.res2_lif1(h, record_mem=False)
+        h = time_batched(self.res2_conv2, spk_res2_lif1)  # [16, 7, 7]
+        h = per_step(self.res2_bn2, h)  # [16, 7, 7]
+        spk_res2_lif2, _ = self.res2_lif2(h, record_mem=False)
+        h = spk_res2_lif2 + h_pool2  # [16, 7, 7]
+        h = time_batched(self.flatten1, h)  # [784]
+        h = time_batched(self.fc, h)  # [10]
+        spk_lif_out, mem_lif_out = self.lif_out(h)
+        if all_spikes:
+            return (
+                spk_lif_out,
+                mem_lif_out,
+                {
+                    "stem_lif": spk_stem_lif,
+                    "res1_lif1": spk_res1_lif1,
+                    "res1_lif2": spk_res1_lif2,
+                    "res2_lif1": spk_res2_lif1,
+                    "res2_lif2": spk_res2_lif2,
+                    "lif_out": spk_lif_out,
+                },
+            )
+        return spk_lif_out, mem_lif_out
+
+
+# ------------------------------------------------------------------------ decoding
+# spec `decoding: rate`: output records -> class scores [B, C].
+
+
+def decode_rate(spk, mem):
+    """Spike-count score: ``s[b, c] = sum_t spk[t, b, c]``."""
+    return spk.sum(dim=0)
+
+
+def accuracy(scores, targets):
+    """Correct count: ``n = sum_b 1[argmax_c scores[b, c] == targets[b]]``.
+
+    Returns a 0-dim int64 tensor on the scores' device (no host sync).
+    """
+    return (scores.argmax(dim=-1) == targets).sum()
+
+
+# ------------------------------------------------------------------------ loss
+# spec `loss: ce_membrane`.
+
+
+def loss_ce_membrane(spk, mem, targets):
+    """Per-step membrane cross entropy: ``L = sum_t CE(mem[t], y)``.
+
+    ``CE`` is batch-mean cross entropy (snnTorch tutorial 5); evaluated as one
+    flattened ``CE`` over ``[T * B, C]`` times ``T``.
+    """
+    steps = mem.shape[0]
+    logits = mem.reshape(-1, mem.shape[-1])
+    return F.cross_entropy(logits, targets.repeat(steps)) * steps
+
+
+def forward_loss(model, x, targets):
+    """Run the model on a batch: (loss, spk, mem) of the output layer."""
+    spk, mem = model(x)
+    loss = loss_ce_membrane(spk, mem, targets)
+    return loss, spk, mem
+
+
+# ------------------------------------------------------------------------ data
+# spec `train.dataset: mnist`, held in memory and scaled batch by batch.
+
+
+def load_split(root, train, limit, device):
+    """One MNIST split: uint8 images [N, 1, 28, 28], labels [N]."""
+    dataset = torchvision.datasets.MNIST(root, train=train, download=True)
+    inputs = dataset.data.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return inputs[:limit].to(device), labels[:limit].to(device)
+
+
+def to_input(x):
+    """Stored samples [N, 1, 28, 28] -> one model input batch."""
+    return x.to(torch.float32).div_(255)  # as torchvision's ToTensor
+
+
+# ------------------------------------------------------------------------ training
+# spec `train.optimizer: adam`, `train.schedule: none`.
+
+
+def make_optimizer(model):
+    """The spec's optimizer over all parameters of the model."""
+    return torch.optim.Adam(model.parameters(), lr=0.002, fused=True)
+
+
+def train_step(model, optimizer, x, targets):
+    """One optimizer step on a batch: (loss, spk, mem), detached."""
+    loss, spk, mem = forward_loss(model, x, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), spk.detach(), mem.detach()
+
+
+@torch.no_grad()
+def evaluate(model, inputs, labels, seed):
+    """Test loss and accuracy; the same input encoding every time (seeded)."""
+    model.eval()
+    torch.manual_seed(seed)
+    total, correct = torch.zeros((), device=labels.device), 0
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        x = to_input(inputs[start : start + EVAL_BATCH_SIZE])
+        y = labels[start : start + EVAL_BATCH_SIZE]
+        loss, spk, mem = forward_loss(model, x, y)
+        total += loss * y.shape[0]
+        correct += accuracy(decode_rate(spk, mem), y)
+    return total.item() / len(labels), int(correct) / len(labels)
+
+
+def epoch_seed(seed, epoch):
+    """Seed of an epoch: its data order and every random draw in it."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def train(
+    data_root="data",
+    epochs=EPOCHS,
+    seed=SEED,
+    device=DEVICE,
+    limit_train=LIMIT_TRAIN,
+    limit_test=LIMIT_TEST,
+    compile=False,
+):
+    """Train from seeded initial weights; returns (model, metrics). `compile`:
+    each neuron layer through torch.compile (the same spikes, faster)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(seed)
+    model = Net().to(device)
+    for module in model.modules():
+        if compile and isinstance(module, SpikingNeuron):
+            module.compile()  # its time loop as one fused kernel
+    train_inputs, train_labels = load_split(data_root, True, limit_train, device)
+    test_inputs, test_labels = load_split(data_root, False, limit_test, device)
+    per_epoch = len(train_labels) // BATCH_SIZE
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_labels)} training samples: not one batch")
+    optimizer = make_optimizer(model)
+    history = []
+    for epoch in range(1, epochs + 1):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        order = torch.randperm(len(train_labels), generator=generator).to(device)
+        model.train()
+        loss_sum, correct, started = 0, 0, time.perf_counter()
+        for start in range(0, per_epoch * BATCH_SIZE, BATCH_SIZE):
+            index = order[start : start + BATCH_SIZE]
+            x, y = to_input(train_inputs[index]), train_labels[index]
+            loss, spk, mem = train_step(model, optimizer, x, y)
+            loss_sum += loss
+            correct += accuracy(decode_rate(spk, mem), y)
+        entry = {"epoch": epoch, "train_loss": float(loss_sum) / per_epoch}
+        entry["train_accuracy"] = int(correct) / (per_epoch * BATCH_SIZE)
+        entry["seconds"] = time.perf_counter() - started
+        test = evaluate(model, test_inputs, test_labels, seed)
+        entry["test_loss"], entry["test_accuracy"] = test
+        text = f"epoch {epoch}/{epochs}: train loss {entry['train_loss']:.4f}, "
+        text += f"accuracy {entry['train_accuracy']:.2%} ({entry['seconds']:.1f} s)"
+        if "test_loss" in entry:
+            text += f"; test loss {test[0]:.4f}, accuracy {test[1]:.2%}"
+        print(text, flush=True)
+        history.append(entry)
+    metrics = {"name": NAME, "seed": seed, "device": str(device), "epochs": epochs}
+    metrics.update(train_samples=len(train_labels), test_samples=len(test_labels))
+    metrics.update(test_accuracy=history[-1]["test_accuracy"], history=history)
+    metrics["test_loss"] = history[-1]["test_loss"]
+    return model, metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--data-root", default="data", help="torchvision data folder")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--out", default=f"runs/{NAME}", help="output folder")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--device", default=DEVICE, help="auto, cpu, cuda, cuda:1...")
+    parser.add_argument("--limit-train", type=int, default=LIMIT_TRAIN, metavar="N")
+    parser.add_argument("--limit-test", type=int, default=LIMIT_TEST, metavar="N")
+    parser.add_argument("--compile", action="store_true", help="torch.compile neurons")
+    args = vars(parser.parse_args(argv))
+    out = Path(args.pop("out"))
+    model, metrics = train(**args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    torch.save(model.state_dict(), out / "model.pt")
+    print(f"test accuracy {metrics['test_accuracy']:.2%}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
