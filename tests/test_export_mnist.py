@@ -1,5 +1,5 @@
 """ONNX on real data: a briefly trained mnist_fc gives the same test predictions
-in onnxruntime as in PyTorch, and `evaluate_onnx` / `snncompile eval --onnx`
+in onnxruntime as in PyTorch, and `evaluate_onnx` (train/onnx_eval.py) / `snncompile eval --onnx`
 report the same accuracy."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 import snncompile
 from snncompile.cli import main
 from snncompile.export import verify
-from snncompile.export.onnx import _Inference, evaluate_onnx, export_onnx
+from snncompile.export.onnx import _Inference, export_onnx
 from snncompile.export.wrappers import decoder
 from snncompile.runtime.losses import loss_ce_membrane
+from snncompile.train.onnx_eval import evaluate_onnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(

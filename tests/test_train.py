@@ -12,8 +12,8 @@ import torch
 
 import snncompile
 from snncompile.cli import main
+from snncompile.lower import checkpoint as ckpt
 from snncompile.spec.errors import UserError
-from snncompile.train import checkpoint as ckpt
 from snncompile.train import loop
 from snncompile.train.data import Split, load_split
 from snncompile.train.loop import evaluate, make_scheduler

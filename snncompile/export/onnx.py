@@ -47,10 +47,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..lower import checkpoint as ckpt
 from ..quiet import quiet_stderr, quiet_stdout
-from ..spec.errors import UserError
-from ..spec.schema import Spec
-from ..train import checkpoint as ckpt
+from ..spec.errors import UserError, first_line
+from ..spec.load import as_spec
 from .loop import UNROLL_STEPS, looped_model
 from .wrappers import ENCODING_NOTES, SequenceModel, StepModel, state_names
 
@@ -76,7 +76,7 @@ def load_net(spec_or_net, checkpoint=None, seed: int | None = None):
             raise UserError("export_onnx traces on the CPU: move the net there first")
         weights = "weights of the given module"
     else:
-        spec = _spec(spec_or_net)
+        spec = as_spec(spec_or_net)
         seed = spec.train.seed if seed is None else seed
         net = snncompile.build(spec, seed=seed)
         weights = (
@@ -86,19 +86,6 @@ def load_net(spec_or_net, checkpoint=None, seed: int | None = None):
     if checkpoint is not None:
         weights = ckpt.load_into(net, checkpoint)
     return net, weights
-
-
-def _spec(spec) -> Spec:
-    import snncompile
-
-    if isinstance(spec, Spec):
-        return spec
-    return snncompile.load(str(spec))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
 
 
 # --------------------------------------------------------------------------- export
@@ -243,7 +230,7 @@ def _culprit(net, graph, opset: int) -> str | None:
         except Exception as err:  # noqa: BLE001
             return (
                 f"layer '{node.name}' ({node.type}) cannot be exported to ONNX "
-                f"opset {opset}: {_first_line(err)}"
+                f"opset {opset}: {first_line(err)}"
             )
     return None
 
@@ -389,7 +376,7 @@ def export_onnx(
                 reason = _culprit(net, graph, opset)
                 raise UserError(
                     reason
-                    or f"cannot export '{graph.name}' to ONNX: {_first_line(err)}"
+                    or f"cannot export '{graph.name}' to ONNX: {first_line(err)}"
                 ) from None
         meta = _metadata(graph, mode, weights)
         meta["time_loop"] = "ONNX Loop" if looped else "unrolled"
@@ -402,7 +389,7 @@ def export_onnx(
             onnx.checker.check_model(proto, full_check=True)
         except Exception as err:  # noqa: BLE001
             raise UserError(
-                f"exported model fails onnx.checker: {_first_line(err)}"
+                f"exported model fails onnx.checker: {first_line(err)}"
             ) from None
         onnx.save(proto, tmp)
         report = {
@@ -475,65 +462,3 @@ class VerificationError(UserError):
         super().__init__(
             f"verification failed, {report['path']} not written: {problems}"
         )
-
-
-# --------------------------------------------------------------------------- evaluation
-def evaluate_onnx(
-    spec,
-    onnx_path,
-    data_root=None,
-    limit_test: int | None = None,
-    batch_size: int | None = None,
-    download: bool = True,
-) -> dict[str, Any]:
-    """Test-set accuracy of an exported model (either mode) through onnxruntime.
-
-    The test split and its rate coding are those of `snncompile eval`: the same
-    data module, and the global RNG seeded with train.seed before the first batch,
-    so a faithful export gives the PyTorch accuracy.
-    """
-    import snncompile
-
-    from ..train.data import load_split
-    from .verify import encode_inputs, run_session, session
-
-    spec = _spec(spec)
-    graph = snncompile.analyze(spec)
-    if not Path(onnx_path).is_file():
-        raise UserError(f"ONNX file {onnx_path} does not exist")
-    try:
-        sess = session(onnx_path)
-    except Exception as err:  # noqa: BLE001 - not an ONNX file, or a broken one
-        raise UserError(f"cannot load {onnx_path}: {_first_line(err)}") from None
-    meta = sess.get_modelmeta().custom_metadata_map
-    if meta.get("spec_name", graph.name) != graph.name:
-        raise UserError(
-            f"{onnx_path} was exported from spec '{meta['spec_name']}', not '{graph.name}'"
-        )
-    mode = meta.get("mode", "sequence")
-    norm = spec.train.normalize
-    test = load_split(
-        graph,
-        train=False,
-        root=data_root,
-        limit=limit_test if limit_test is not None else spec.train.limit_test,
-        normalize=norm.model_dump() if norm else None,
-        download=download,
-    )
-    correct = 0
-    started = time.perf_counter()
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.train.seed)
-        for raw, labels in test.batches(batch_size or graph.train["eval_batch_size"]):
-            scores = run_session(sess, graph, mode, encode_inputs(graph, raw))[0]
-            correct += int((scores.argmax(-1) == labels).sum())
-    return {
-        "name": graph.name,
-        "test_accuracy": correct / max(len(test), 1),
-        "test_samples": len(test),
-        "samples": len(test),
-        "correct": correct,
-        "onnx": str(onnx_path),
-        "mode": mode,
-        "seconds": time.perf_counter() - started,
-    }

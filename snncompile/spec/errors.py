@@ -58,3 +58,9 @@ class UserError(Exception):
 
     The CLI prints its message without a traceback and exits with status 2.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message, first line only (its type where it has none)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

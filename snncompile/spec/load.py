@@ -648,6 +648,11 @@ def loads(text: str, file: str = "<string>", fmt: str = "yaml") -> Spec:
     return validate_data(data, source)
 
 
+def as_spec(spec: Spec | str | FsPath) -> Spec:
+    """A Spec as given, or the spec file it names, loaded."""
+    return spec if isinstance(spec, Spec) else load(spec)
+
+
 def source_of(spec: Spec) -> SourceMap:
     """The SourceMap of a loaded spec (an empty one for specs built in code)."""
     return getattr(spec, "_source", None) or SourceMap(f"<spec {spec.name}>")
@@ -655,6 +660,7 @@ def source_of(spec: Spec) -> SourceMap:
 
 __all__ = [
     "SourceMap",
+    "as_spec",
     "format_path",
     "load",
     "loads",

@@ -1,10 +1,11 @@
 """Training and evaluation of a spec: `train(spec, ...)` and `evaluate(spec, ...)`.
 
-data.py loads datasets into memory, loop.py trains and evaluates, checkpoint.py
-reads and writes checkpoints, plots.py draws curves and rasters, command.py is the
-`snncompile train` / `snncompile eval` command line. `train` and `evaluate` are
-imported on first use, so that `from snncompile.train import checkpoint` (export
-reads checkpoints) does not load the training loop and matplotlib.
+data.py loads datasets into memory, loop.py trains and evaluates (checkpoints
+are read and written by snncompile/lower/checkpoint.py), onnx_eval.py evaluates
+an exported model in onnxruntime, plots.py draws curves and rasters, command.py
+is the `snncompile train` / `snncompile eval` command line. `train` and
+`evaluate` are imported on first use, so that `snncompile.train.data` does not
+load the training loop and matplotlib.
 """
 
 __all__ = ["evaluate", "train"]

@@ -136,7 +136,7 @@ def _evaluate_onnx(args: argparse.Namespace) -> dict:
     from ..spec.load import load
 
     try:
-        from ..export.onnx import evaluate_onnx
+        from .onnx_eval import evaluate_onnx
     except ImportError:
         raise UserError("ONNX evaluation is not available") from None
     return evaluate_onnx(

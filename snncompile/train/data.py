@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ..cache import cache_dir
+from ..lower.checkpoint import save_atomically
 from ..spec.errors import UserError
-from .checkpoint import save_atomically
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

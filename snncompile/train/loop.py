@@ -27,13 +27,13 @@ import torch
 import yaml
 
 from .. import __version__, registry
+from ..lower import checkpoint as ckpt
 from ..lower import optimize
 from ..runtime import decode as decoders
 from ..runtime import losses
 from ..spec.errors import UserError
-from ..spec.load import load, loads
+from ..spec.load import as_spec, loads
 from ..spec.schema import Spec
-from . import checkpoint as ckpt
 from . import plots
 from .data import load_split
 
@@ -42,10 +42,6 @@ RESUME_KEYS = ("optimizer", "scheduler", "step", "rng", "partial", "history")
 
 
 # --------------------------------------------------------------------------- setup
-def as_spec(spec) -> Spec:
-    return spec if isinstance(spec, Spec) else load(spec)
-
-
 def with_train(spec: Spec, **changes) -> Spec:
     """The spec with train fields replaced (None values are left alone)."""
     changes = {k: v for k, v in changes.items() if v is not None}

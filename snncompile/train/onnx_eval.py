@@ -1,0 +1,73 @@
+"""`snncompile eval --onnx`: test accuracy of an exported model in onnxruntime."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..spec.errors import UserError, first_line
+from ..spec.load import as_spec
+from .data import load_split
+
+
+def evaluate_onnx(
+    spec,
+    onnx_path,
+    data_root=None,
+    limit_test: int | None = None,
+    batch_size: int | None = None,
+    download: bool = True,
+) -> dict[str, Any]:
+    """Test-set accuracy of an exported model (either mode) through onnxruntime.
+
+    The test split and its rate coding are those of `snncompile eval`: the same
+    data module, and the global RNG seeded with train.seed before the first batch,
+    so a faithful export gives the PyTorch accuracy.
+    """
+    import snncompile
+
+    from ..export.verify import encode_inputs, run_session, session
+
+    spec = as_spec(spec)
+    graph = snncompile.analyze(spec)
+    if not Path(onnx_path).is_file():
+        raise UserError(f"ONNX file {onnx_path} does not exist")
+    try:
+        sess = session(onnx_path)
+    except Exception as err:  # noqa: BLE001 - not an ONNX file, or a broken one
+        raise UserError(f"cannot load {onnx_path}: {first_line(err)}") from None
+    meta = sess.get_modelmeta().custom_metadata_map
+    if meta.get("spec_name", graph.name) != graph.name:
+        raise UserError(
+            f"{onnx_path} was exported from spec '{meta['spec_name']}', not '{graph.name}'"
+        )
+    mode = meta.get("mode", "sequence")
+    norm = spec.train.normalize
+    test = load_split(
+        graph,
+        train=False,
+        root=data_root,
+        limit=limit_test if limit_test is not None else spec.train.limit_test,
+        normalize=norm.model_dump() if norm else None,
+        download=download,
+    )
+    correct = 0
+    started = time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.train.seed)
+        for raw, labels in test.batches(batch_size or graph.train["eval_batch_size"]):
+            scores = run_session(sess, graph, mode, encode_inputs(graph, raw))[0]
+            correct += int((scores.argmax(-1) == labels).sum())
+    return {
+        "name": graph.name,
+        "test_accuracy": correct / max(len(test), 1),
+        "test_samples": len(test),
+        "samples": len(test),
+        "correct": correct,
+        "onnx": str(onnx_path),
+        "mode": mode,
+        "seconds": time.perf_counter() - started,
+    }
