@@ -338,23 +338,31 @@ def _forward_step(graph: Graph) -> list[str]:
     return lines + _returns(graph, [n.name for n in neurons])
 
 
+@functools.cache
+def _bases(module: str, name: str) -> tuple[str, ...]:
+    """The classes of runtime/<module>.py that class `name` derives from."""
+    tree = ast.parse(runtime_definitions(module)[name])
+    found = tree.body[0].bases if isinstance(tree.body[0], ast.ClassDef) else []
+    own = runtime_definitions(module)
+    bases = [b.id for b in found if isinstance(b, ast.Name) and b.id in own]
+    return tuple(b for base in bases for b in (*_bases(module, base), base))
+
+
 def _definitions(graph: Graph, body: str) -> list[str]:
-    """Source of the runtime definitions the nodes and the forward use, in
-    dependency order: surrogates, neuron base and classes, helpers, encoder."""
+    """Source of the runtime definitions the nodes and the forward use, with
+    their base classes, in the runtime modules' order: surrogates, neurons,
+    helpers, encoder."""
     wanted: dict[tuple[str, str], None] = {}
     for node in graph.nodes:
-        for need in getattr(node.descriptor, "definitions", lambda n: ())(node):
-            wanted[need] = None
-    order = {"surrogates": 0, "neurons": 1}
-    ranked = sorted(wanted, key=lambda k: (order.get(k[0], 2), k[0]))
-    base = [k for k in ranked if k[1] == "SpikingNeuron"]
-    ranked = [k for k in ranked if k[1] != "SpikingNeuron"]
-    surrogates = sorted(k for k in ranked if k[0] == "surrogates")
-    neurons = [k for k in ranked if k[0] == "neurons"]
-    # neuron classes in the runtime module's order (Recurrent before its users)
-    module_order = list(runtime_definitions("neurons"))
-    neurons.sort(key=lambda k: module_order.index(k[1]))
-    blocks = [runtime_definitions(m)[d] for m, d in surrogates + base + neurons]
+        for module, name in getattr(node.descriptor, "definitions", lambda n: ())(node):
+            for base in _bases(module, name):
+                wanted[(module, base)] = None
+            wanted[(module, name)] = None
+    blocks = []
+    for module in ("surrogates", "neurons"):
+        names = [name for m, name in wanted if m == module]
+        ordered = [d for d in runtime_definitions(module) if d in names]
+        blocks += [runtime_definitions(module)[d] for d in ordered]
     helpers = [h for h in ("time_batched", "per_step") if f"{h}(" in body]
     blocks += [runtime_definitions("layers")[h] for h in helpers]
     encoder = registry.ENCODERS[graph.encoding["type"]]

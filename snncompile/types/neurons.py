@@ -188,9 +188,10 @@ class NeuronType(LayerType):
         return int(rec["learn"])
 
     def definitions(self, node) -> list[tuple[str, str]]:
-        """Runtime definitions its module needs: surrogate, base, own class."""
+        """Runtime definitions its module needs (their base classes follow):
+        the surrogate, the feedback, its own class."""
         surrogate = registry.SURROGATES[node.params["surrogate"]["type"]][0]
-        needs = [("surrogates", surrogate), ("neurons", "SpikingNeuron")]
+        needs = [("surrogates", surrogate)]
         if "recurrence" in node.params:
             needs.append(("neurons", "Recurrent"))
         return [*needs, ("neurons", self.runtime_class)]
