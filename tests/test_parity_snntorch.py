@@ -22,6 +22,7 @@ from torch import nn
 
 import snncompile
 from snncompile import registry
+from snncompile.lower import optimize
 from snncompile.runtime import losses, neurons, surrogates
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -616,3 +617,68 @@ def test_mnist_csnn_matches_tutorial6(schedule):
     named = nn.Module()
     named.conv1, named.conv2, named.fc1 = ref[0], ref[3], ref[7]
     _assert_param_grads_close(net, named, ["conv1", "conv2", "fc1"])
+
+
+# ------------------------------------------------------------ integrate-and-fire
+
+
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
+@pytest.mark.parametrize("per_neuron", [False, True], ids=["scalar", "per_neuron"])
+@pytest.mark.parametrize("reset", RESETS)
+def test_if_matches_snntorch_leaky_without_leak(reset, per_neuron, learn):
+    """`if` (no leak) is snnTorch's Leaky with beta 1: the same spikes and states,
+    gradients up to summation order; also as build() makes it from a spec, and
+    on the fused kernel put on top of it."""
+    sur_spec = {"type": "atan", "alpha": 2.0}
+    gen = torch.Generator().manual_seed(5)
+    values = _values(per_neuron, FEATURES, gen)
+    values["beta"] = torch.ones(FEATURES) if per_neuron else 1.0
+    _, ref, shape = make_pair("leaky", reset, sur_spec, per_neuron, False, 5, values)
+    sur_cls, sur_args, _ = surrogate_pair(sur_spec)
+    ours = neurons.IF(
+        shape,
+        threshold=1.0,
+        reset=reset,
+        learn_threshold=learn,
+        per_neuron=per_neuron,
+        surrogate=sur_cls,
+        surrogate_args=sur_args,
+    )
+    with torch.no_grad():
+        ours.threshold.copy_(torch.as_tensor(values["threshold"]))
+    if learn:  # snnTorch's threshold learnable too, its beta fixed at 1
+        ref.threshold = nn.Parameter(ref.threshold.detach().clone())
+    assert [n for n, p in ours.named_parameters()] == (["threshold"] if learn else [])
+    compare(ours, ref, "leaky", shape, sur_spec, seed=5, learn=learn)
+
+    spec = snncompile.loads(
+        json.dumps(
+            {
+                "snncompile": 1,
+                "name": "integrate",
+                "input": {"shape": list(shape)},
+                "steps": T,
+                "layers": [
+                    {
+                        "type": "if",
+                        "name": "n",
+                        "reset": reset,
+                        "per_neuron": per_neuron,
+                        "learn_threshold": learn,
+                    },
+                    {"type": "linear", "out_features": 3},
+                    {"type": "leaky", "beta": 0.9},
+                ],
+                "train": {"dataset": "synthetic"},
+            }
+        ),
+        fmt="json",
+    )
+    built = snncompile.build(spec).n
+    assert type(built).__name__ == "IF" and built.beta.eq(1).all()
+    built.load_state_dict(ours.state_dict())
+    compare(built, ref, "leaky", shape, sur_spec, seed=5, learn=learn)
+    fast = optimize.apply(snncompile.build(spec), "none").n
+    fast.load_state_dict(ours.state_dict())
+    assert fast.fused, "IF runs Leaky's fused kernel"
+    compare(fast, ref, "leaky", shape, sur_spec, seed=5, learn=learn)

@@ -101,6 +101,19 @@ class Leaky(SpikingNeuron):
         return self.fire(mem), (mem,)
 
 
+class IF(Leaky):
+    """Integrate-and-fire without leak: Leaky with beta fixed at 1,
+
+    subtract: mem[t] = mem[t-1] + I[t] - reset[t] * threshold
+    zero:     mem[t] = (1 - reset[t]) * mem[t-1] + I[t]
+    none:     mem[t] = mem[t-1] + I[t]
+    (1 * x is x exactly in floating point: the same values as these lines).
+    """
+
+    def __init__(self, shape, **kwargs):
+        super().__init__(shape, 1.0, **kwargs)
+
+
 class Synaptic(SpikingNeuron):
     """Synaptic-current LIF (snnTorch Synaptic), a = clamp(alpha), b = clamp(beta):
 

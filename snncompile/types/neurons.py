@@ -239,6 +239,27 @@ class LeakyType(NeuronType):
 
 
 @register
+class IFType(NeuronType):
+    class IF(LayerBase):
+        type: Literal["if"] = Field(
+            description="Integrate-and-fire neuron without leak (Leaky with beta 1)."
+        )
+        threshold: float | None = NeuronFields.model_fields["threshold"]
+        reset: ResetMode | None = NeuronFields.model_fields["reset"]
+        learn_threshold: bool | None = NeuronFields.model_fields["learn_threshold"]
+        per_neuron: bool | None = NeuronFields.model_fields["per_neuron"]
+        surrogate: Surrogate | None = NeuronFields.model_fields["surrogate"]
+
+    schema = IF
+    type = "if"
+    prefix = "if"
+    states = ("mem",)
+    runtime_class = "IF"
+    fused_kernel = True  # Leaky's, with b = 1
+    example = ({"type": "if", "threshold": 0.7, "reset": "zero"},)
+
+
+@register
 class SynapticType(NeuronType):
     class Synaptic(LayerBase, SynapticFields):
         type: Literal["synaptic"] = Field(
