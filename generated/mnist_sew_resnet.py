@@ -1,6 +1,6 @@
 """Train `mnist_sew_resnet` on MNIST with plain PyTorch; needs only torch and torchvision:
 
-    python mnist_sew_resnet.py --data-root DATA --epochs 1 --out runs/mnist_sew_resnet
+    python mnist_sew_resnet.py --data-root DATA --epochs 2 --out runs/mnist_sew_resnet
 
 Generated from the spec `mnist_sew_resnet` by `snncompile codegen` (regenerate rather than
 edit). `Net` maps input [B, 1, 28, 28] to (spk, mem) of the output layer,
@@ -22,13 +22,13 @@ NAME = "mnist_sew_resnet"
 DESCRIPTION = "SEW-ResNet-style convolutional SNN with residual ADD blocks on MNIST"
 
 # spec `train`: the defaults of the command-line options
-EPOCHS = 1
+EPOCHS = 2
 SEED = 0
 DEVICE = "auto"
 LIMIT_TRAIN = None
 LIMIT_TEST = None
-BATCH_SIZE = 128
-EVAL_BATCH_SIZE = 128
+BATCH_SIZE = 64
+EVAL_BATCH_SIZE = 64
 
 
 # ------------------------------------------------------------------------ model
@@ -160,7 +160,7 @@ class Net(nn.Module):
         self.stem_bn = nn.BatchNorm2d(16)
         # layers[2] stem_lif (leaky): [16, 28, 28] -> [16, 28, 28]; state: mem
         self.stem_lif = Leaky(
-            (16, 28, 28), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+            (16, 28, 28), beta=0.9, surrogate=ATan, surrogate_args=(2.0,)
         )
         # layers[3] pool1 (maxpool2d): [16, 28, 28] -> [16, 14, 14]
         self.pool1 = nn.MaxPool2d(kernel_size=(2, 2))
@@ -172,7 +172,7 @@ class Net(nn.Module):
         self.res1_bn1 = nn.BatchNorm2d(16)
         # layers[4] > blocks.sew[2] res1_lif1 (leaky): [16, 14, 14] -> [16, 14, 14]; state: mem
         self.res1_lif1 = Leaky(
-            (16, 14, 14), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+            (16, 14, 14), beta=0.9, surrogate=ATan, surrogate_args=(2.0,)
         )
         # layers[4] > blocks.sew[3] res1_conv2 (conv2d): [16, 14, 14] -> [16, 14, 14]
         self.res1_conv2 = nn.Conv2d(
@@ -182,7 +182,7 @@ class Net(nn.Module):
         self.res1_bn2 = nn.BatchNorm2d(16)
         # layers[4] > blocks.sew[5] res1_lif2 (leaky): [16, 14, 14] -> [16, 14, 14]; state: mem
         self.res1_lif2 = Leaky(
-            (16, 14, 14), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+            (16, 14, 14), beta=0.9, surrogate=ATan, surrogate_args=(2.0,)
         )
         # layers[5] pool2 (maxpool2d): [16, 14, 14] -> [16, 7, 7]
         self.pool2 = nn.MaxPool2d(kernel_size=(2, 2))
@@ -194,7 +194,7 @@ class Net(nn.Module):
         self.res2_bn1 = nn.BatchNorm2d(16)
         # layers[6] > blocks.sew[2] res2_lif1 (leaky): [16, 7, 7] -> [16, 7, 7]; state: mem
         self.res2_lif1 = Leaky(
-            (16, 7, 7), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+            (16, 7, 7), beta=0.9, surrogate=ATan, surrogate_args=(2.0,)
         )
         # layers[6] > blocks.sew[3] res2_conv2 (conv2d): [16, 7, 7] -> [16, 7, 7]
         self.res2_conv2 = nn.Conv2d(
@@ -204,14 +204,14 @@ class Net(nn.Module):
         self.res2_bn2 = nn.BatchNorm2d(16)
         # layers[6] > blocks.sew[5] res2_lif2 (leaky): [16, 7, 7] -> [16, 7, 7]; state: mem
         self.res2_lif2 = Leaky(
-            (16, 7, 7), beta=0.5, surrogate=ATan, surrogate_args=(2.0,)
+            (16, 7, 7), beta=0.9, surrogate=ATan, surrogate_args=(2.0,)
         )
         # layers[7] flatten1 (flatten): [16, 7, 7] -> [784]
         self.flatten1 = nn.Flatten()
         # layers[8] fc (linear): [784] -> [10]
         self.fc = nn.Linear(784, 10)
         # layers[9] lif_out (leaky): [10] -> [10]; state: mem
-        self.lif_out = Leaky((10,), beta=0.5, surrogate=ATan, surrogate_args=(2.0,))
+        self.lif_out = Leaky((10,), beta=0.9, surrogate=ATan, surrogate_args=(2.0,))
 
     def forward(self, x, all_spikes=False):
         """x [B, 1, 28, 28] -> (spk, mem) of lif_out, each [T, B, 10].
@@ -259,12 +259,12 @@ class Net(nn.Module):
 
 
 # ------------------------------------------------------------------------ decoding
-# spec `decoding: rate`: output records -> class scores [B, C].
+# spec `decoding: mean_membrane`: output records -> class scores [B, C].
 
 
-def decode_rate(spk, mem):
-    """Spike-count score: ``s[b, c] = sum_t spk[t, b, c]``."""
-    return spk.sum(dim=0)
+def decode_mean_membrane(spk, mem):
+    """Mean-membrane score: ``s[b, c] = (1 / T) * sum_t mem[t, b, c]``."""
+    return mem.mean(dim=0)
 
 
 def accuracy(scores, targets):
@@ -315,12 +315,22 @@ def to_input(x):
 
 
 # ------------------------------------------------------------------------ training
-# spec `train.optimizer: adam`, `train.schedule: none`.
+# spec `train.optimizer: adam`, `train.schedule: cosine`.
 
 
 def make_optimizer(model):
     """The spec's optimizer over all parameters of the model."""
-    return torch.optim.Adam(model.parameters(), lr=0.002, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=0.003, fused=True)
+
+
+def make_scheduler(optimizer, total):
+    """Learning-rate factor of each iteration (the scheduler steps every one)."""
+
+    def factor(iteration):
+        cosine = math.cos(math.pi * min(iteration, total) / total)
+        return (1 + cosine) / 2
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train_step(model, optimizer, x, targets):
@@ -343,7 +353,7 @@ def evaluate(model, inputs, labels, seed):
         y = labels[start : start + EVAL_BATCH_SIZE]
         loss, spk, mem = forward_loss(model, x, y)
         total += loss * y.shape[0]
-        correct += accuracy(decode_rate(spk, mem), y)
+        correct += accuracy(decode_mean_membrane(spk, mem), y)
     return total.item() / len(labels), int(correct) / len(labels)
 
 
@@ -376,6 +386,7 @@ def train(
     if per_epoch == 0:
         raise ValueError(f"{len(train_labels)} training samples: not one batch")
     optimizer = make_optimizer(model)
+    scheduler = make_scheduler(optimizer, per_epoch * epochs)
     history = []
     for epoch in range(1, epochs + 1):
         torch.manual_seed(epoch_seed(seed, epoch))
@@ -387,8 +398,9 @@ def train(
             index = order[start : start + BATCH_SIZE]
             x, y = to_input(train_inputs[index]), train_labels[index]
             loss, spk, mem = train_step(model, optimizer, x, y)
+            scheduler.step()
             loss_sum += loss
-            correct += accuracy(decode_rate(spk, mem), y)
+            correct += accuracy(decode_mean_membrane(spk, mem), y)
         entry = {"epoch": epoch, "train_loss": float(loss_sum) / per_epoch}
         entry["train_accuracy"] = int(correct) / (per_epoch * BATCH_SIZE)
         entry["seconds"] = time.perf_counter() - started
