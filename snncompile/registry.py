@@ -1,5 +1,6 @@
-"""Where each spec `type` meets its runtime code: one entry per neuron, surrogate,
-encoding, decoding and loss. Adding one means a runtime definition plus a line here.
+"""Where each surrogate, encoding, decoding and loss `type` meets its runtime code.
+Adding one means a runtime definition plus a line here. (Layer and neuron types
+are descriptors in snncompile/types/.)
 
 Values name top-level definitions in `snncompile/runtime/*.py`; codegen inlines
 their source and `build()` executes that same source.
@@ -13,15 +14,6 @@ SURROGATES = {
     "triangular": ("Triangular", ("threshold",)),
     "straight_through": ("StraightThrough", ()),
     "spike_rate_escape": ("SpikeRateEscape", ("beta", "slope")),
-}
-
-# neuron type -> runtime class (all in runtime/neurons.py, base SpikingNeuron)
-NEURONS = {
-    "leaky": "Leaky",
-    "synaptic": "Synaptic",
-    "alpha": "Alpha",
-    "rleaky": "RLeaky",
-    "rsynaptic": "RSynaptic",
 }
 
 # encoding type -> runtime function in runtime/encode.py (None: input used as is)
@@ -50,17 +42,4 @@ LOSSES = {
     "ce_max_membrane": "loss_ce_max_membrane",
     "mse_membrane": "loss_mse_membrane",
     "ce_temporal": "loss_ce_temporal",
-}
-
-# stateless layer type -> torch.nn class
-TORCH_LAYERS = {
-    "linear": "nn.Linear",
-    "conv1d": "nn.Conv1d",
-    "conv2d": "nn.Conv2d",
-    "maxpool2d": "nn.MaxPool2d",
-    "avgpool2d": "nn.AvgPool2d",
-    "flatten": "nn.Flatten",
-    "dropout": "nn.Dropout",
-    "batchnorm1d": "nn.BatchNorm1d",
-    "batchnorm2d": "nn.BatchNorm2d",
 }

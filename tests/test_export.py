@@ -26,6 +26,7 @@ from snncompile.export.onnx import (
 )
 from snncompile.export.wrappers import SequenceModel, state_names
 from snncompile.spec.errors import UserError
+from snncompile.types import of_role
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -133,7 +134,7 @@ def tiny_spec(tmp_path, layers, encoding=None, decoding="rate", shape=(1, 6, 6),
     return path
 
 
-NEURONS = ["leaky", "synaptic", "alpha", "rleaky", "rsynaptic"]
+NEURONS = of_role("neuron")  # every registered neuron type
 RESETS = ["subtract", "zero", "none"]
 
 

@@ -12,7 +12,7 @@ assembled from three traced pieces instead, with the same inputs and outputs:
 (A direct-encoded model's time-invariant layers thus run at every step of the
 Loop: the same values, but T times the work of the unrolled graph's once.)
 
-The pieces are exported by the same TorchScript exporter; this module only
+The pieces are exported by the chosen exporter (TorchScript or dynamo); this module only
 renames their values apart and wires them together with onnx.helper.
 """
 

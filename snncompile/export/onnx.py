@@ -375,8 +375,7 @@ def export_onnx(
             except Exception as err:  # noqa: BLE001
                 reason = _culprit(net, graph, opset)
                 raise UserError(
-                    reason
-                    or f"cannot export '{graph.name}' to ONNX: {first_line(err)}"
+                    reason or f"cannot export '{graph.name}' to ONNX: {first_line(err)}"
                 ) from None
         meta = _metadata(graph, mode, weights)
         meta["time_loop"] = "ONNX Loop" if looped else "unrolled"

@@ -36,7 +36,8 @@ every step and its gradient is summed over T inside the backward.
 linear layer after it one node: in the compiled backward the spike gradient the
 linear layer sends back is formed step by step inside the loop.
 
-Self-contained (only torch), so the source can be inlined into generated code.
+Only torch is used. snncompile/lower/kernels.py puts these kernels on top of a
+built net; generated code keeps the plain step loops.
 """
 
 import torch

@@ -108,7 +108,6 @@ class LayerType:
     hoistable: ClassVar[bool] = True  # may run once over a time-invariant input
     per_step: ClassVar[bool] = False  # statistics per step: not over [T * B]
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # inputs: least, most
-    runtime: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, definition)
     # the smallest network segment using the type, for the conformance test:
     # layers (the last one is this type) and the input shape they read
     example: ClassVar[tuple[dict[str, Any], ...]] = ()
