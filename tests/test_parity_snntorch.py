@@ -682,3 +682,184 @@ def test_if_matches_snntorch_leaky_without_leak(reset, per_neuron, learn):
     fast.load_state_dict(ours.state_dict())
     assert fast.fused, "IF runs Leaky's fused kernel"
     compare(fast, ref, "leaky", shape, sur_spec, seed=5, learn=learn)
+
+
+# ------------------------------------------------------------ lapicque and li
+
+# how a lapicque layer is given (snnTorch takes the same arguments)
+LAPICQUE_CASES = {
+    "beta": {"beta": 0.8},
+    "R_C": {"R": 2.0, "C": 3.0},
+    "beta_R": {"beta": 0.85, "R": 1.3},
+    "beta_C": {"beta": 0.85, "C": 2.5},
+    "beta_dt": {"beta": 0.7, "time_step": 0.37},
+    "R_C_dt": {"R": 0.7, "C": 1.9, "time_step": 0.3},
+}
+RC_READOUT = ({"type": "linear", "out_features": 3}, {"type": "leaky", "beta": 0.9})
+
+
+def _compare_states(ours, ref, cur, seed, learn):
+    """Spikes and membranes bitwise equal, in the sequence forward and the step
+    loop; gradients (input current, learnable parameters) up to float order."""
+    pairs = learnable_pairs(ours, ref)
+    assert len(pairs) > 0 or not learn
+    ref_spk, ref_states, ref_grads = run_reference(ref, cur, False, pairs, seed)
+    params = [cur] + [p for p, _ in pairs]
+    spk, mem = ours(cur)
+    assert torch.equal(spk, ref_spk)
+    torch.testing.assert_close(mem, ref_states[-1], rtol=0, atol=0)
+    assert_grads_close(grads(loss_of(spk, mem, seed), params), ref_grads)
+    spk, states = run_step(ours, cur)
+    assert torch.equal(spk, ref_spk)
+    torch.testing.assert_close(states[-1], ref_states[-1], rtol=0, atol=0)
+    assert_grads_close(grads(loss_of(spk, states[-1], seed), params), ref_grads)
+    return ref_spk
+
+
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
+@pytest.mark.parametrize("per_neuron", [False, True], ids=["scalar", "per_neuron"])
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("case", list(LAPICQUE_CASES))
+def test_lapicque_matches_snntorch(case, reset, per_neuron, learn):
+    """`lapicque` is snnTorch's Lapicque: R, C (and beta) derived as snnTorch
+    derives them, the same spikes and membranes bitwise, gradients up to
+    summation order; also as build() makes it from a spec."""
+    given = LAPICQUE_CASES[case]
+    sur_spec = {"type": "atan", "alpha": 2.0}
+    sur_cls, sur_args, spike_grad = surrogate_pair(sur_spec)
+    gen = torch.Generator().manual_seed(11)
+    threshold = _values(per_neuron, FEATURES, gen)["threshold"]
+    ours = neurons.Lapicque(
+        FEATURES,
+        **given,
+        reset=reset,
+        learn_threshold=learn,
+        per_neuron=per_neuron,
+        surrogate=sur_cls,
+        surrogate_args=sur_args,
+    )
+    with torch.no_grad():
+        ours.threshold.copy_(torch.as_tensor(threshold))
+    ref = snn.Lapicque(
+        **given,
+        threshold=torch.as_tensor(threshold, dtype=torch.float32).clone(),
+        spike_grad=spike_grad,
+        reset_mechanism=reset,
+        learn_threshold=learn,
+    )
+    for name in ("beta", "R", "C", "time_step"):  # snnTorch's own derivation
+        theirs = getattr(ref, name).to(torch.float32).reshape(())
+        assert torch.equal(getattr(ours, name), theirs.expand(ours.threshold.shape))
+    assert [n for n, _ in ours.named_parameters()] == (["threshold"] if learn else [])
+    resistance = float(ref.R)  # the steady membrane is R * I
+    gen = torch.Generator().manual_seed(12)
+    cur = (1.6 + torch.randn(T, B, *FEATURES, generator=gen)) / resistance
+    cur.requires_grad_(True)
+    rate = _compare_states(ours, ref, cur, 12, learn).mean().item()
+    assert 0.05 < rate < 0.95, f"spike rate {rate:.3f}: the comparison would be weak"
+
+    spec = snncompile.loads(
+        json.dumps(
+            {
+                "snncompile": 1,
+                "name": "rc",
+                "input": {"shape": list(FEATURES)},
+                "steps": T,
+                "layers": [
+                    {
+                        "type": "lapicque",
+                        "name": "n",
+                        **given,
+                        "reset": reset,
+                        "per_neuron": per_neuron,
+                        "learn_threshold": learn,
+                    },
+                    {"type": "linear", "out_features": 3},
+                    {"type": "leaky", "beta": 0.9},
+                ],
+                "train": {"dataset": "synthetic"},
+            }
+        ),
+        fmt="json",
+    )
+    built = snncompile.build(spec).n
+    assert type(built).__name__ == "Lapicque"
+    for name, value in ours.state_dict().items():
+        if name != "threshold":  # R, C, beta, dt from the spec's values
+            assert torch.equal(built.state_dict()[name], value), name
+    built.threshold.data.copy_(ours.threshold)
+    _compare_states(built, ref, cur, 12, learn)
+    fast = optimize.apply(snncompile.build(spec), "none").n  # its step loop
+    fast.load_state_dict(built.state_dict())
+    _compare_states(fast, ref, cur, 12, learn)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"beta": 0.8, "R": 1.0, "C": 2.0}, {"R": 1.0}, {"C": 2.0}, {}],
+    ids=lambda g: "_".join(g) or "none",
+)
+def test_lapicque_needs_beta_or_two_of_r_c(given):
+    """As snnTorch: beta, or R and C, or beta with one of them; not all three."""
+    for valid in LAPICQUE_CASES.values():
+        snncompile.analyze(_lapicque_spec([{"type": "lapicque", **valid}, *RC_READOUT]))
+    with pytest.raises(snncompile.SpecError, match="lapicque needs beta, or R and C"):
+        snncompile.analyze(_lapicque_spec([{"type": "lapicque", **given}, *RC_READOUT]))
+
+
+def test_lapicque_beta_from_defaults_and_range():
+    layers = [{"type": "lapicque", "name": "n"}, *RC_READOUT]
+    graph = snncompile.analyze(_lapicque_spec(layers, defaults={"beta": 0.8}))
+    assert graph.node("n").params["beta"] == 0.8
+    assert graph.node("n").params["R"] is None
+    layers[0] = {"type": "lapicque", "R": 2.0, "C": 3.0, "name": "n"}  # own choice wins
+    graph = snncompile.analyze(_lapicque_spec(layers, defaults={"beta": 0.8}))
+    assert graph.node("n").params["beta"] is None
+    layers[0] = {"type": "lapicque", "beta": 1.0}
+    with pytest.raises(snncompile.SpecError, match=r"0 < beta < 1"):
+        snncompile.analyze(_lapicque_spec(layers, defaults={"beta": 0.8}))
+
+
+def _lapicque_spec(layers, **top):
+    data = {
+        "snncompile": 1,
+        "name": "rc",
+        "input": {"shape": [4]},
+        "steps": 3,
+        "layers": layers,
+        "train": {"dataset": "synthetic"},
+        **top,
+    }
+    return snncompile.loads(json.dumps(data), fmt="json")
+
+
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
+@pytest.mark.parametrize("per_neuron", [False, True], ids=["scalar", "per_neuron"])
+def test_li_matches_snntorch_leaky_without_reset(per_neuron, learn):
+    """`li` integrates as snnTorch's Leaky with reset "none" whose threshold is
+    out of reach: the same membranes bitwise, gradients up to summation order,
+    and never a spike."""
+    gen = torch.Generator().manual_seed(7)
+    beta = _values(per_neuron, FEATURES, gen)["beta"]
+    ours = neurons.LI(FEATURES, 0.5, learn_beta=learn, per_neuron=per_neuron)
+    with torch.no_grad():
+        ours.beta.copy_(torch.as_tensor(beta))
+    ref = snn.Leaky(
+        torch.as_tensor(beta, dtype=torch.float32).clone(),
+        threshold=1e30,
+        reset_mechanism="none",
+        learn_beta=learn,
+    )
+    assert [n for n, _ in ours.named_parameters()] == (["beta"] if learn else [])
+    cur = current("Leaky", FEATURES, 7)
+    pairs = learnable_pairs(ours, ref)
+    ref_spk, ref_states = run_snntorch(ref, cur, False)
+    assert not ref_spk.any()
+    ref_mem = ref_states[-1]
+    ref_grads = grads(loss_of(ref_spk, ref_mem, 7), [cur] + [r for _, r in pairs])
+    params = [cur] + [p for p, _ in pairs]
+    step_spk, step_states = run_step(ours, cur)
+    for spk, mem in (ours(cur), (step_spk, step_states[-1])):
+        assert torch.equal(spk, torch.zeros_like(ref_spk))
+        torch.testing.assert_close(mem, ref_mem, rtol=0, atol=0)
+        assert_grads_close(grads(loss_of(spk, mem, 7), params), ref_grads)

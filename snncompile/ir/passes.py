@@ -42,6 +42,11 @@ def hoist(graph: Graph, plan: Plan) -> Plan:
     )
 
 
+def _per_step(node) -> bool:
+    """Statistics per step: the type's (batch norm), unless the node's are joint."""
+    return node.descriptor.per_step and node.params.get("time") != "joint"
+
+
 def time_batch(graph: Graph, plan: Plan) -> Plan:
     rest = [
         n
@@ -50,8 +55,8 @@ def time_batch(graph: Graph, plan: Plan) -> Plan:
     ]
     return replace(
         plan,
-        batched=frozenset(n.name for n in rest if not n.descriptor.per_step),
-        per_step=frozenset(n.name for n in rest if n.descriptor.per_step),
+        batched=frozenset(n.name for n in rest if not _per_step(n)),
+        per_step=frozenset(n.name for n in rest if _per_step(n)),
     )
 
 

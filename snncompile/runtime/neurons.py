@@ -258,3 +258,135 @@ class RSynaptic(SpikingNeuron):
             mem = mem - mem * reset
         spk = self.fire(mem)
         return spk, (spk, syn, mem)
+
+
+class Lapicque(SpikingNeuron):
+    """Lapicque's RC-circuit neuron (snnTorch Lapicque): a leaky neuron set by
+    the resistance R, capacitance C and time step dt of an RC circuit,
+
+    base[t] = I[t] * R * (1 / (R * C)) * dt + (1 - dt / (R * C)) * mem[t-1]
+    subtract: mem[t] = base[t] - reset[t] * threshold
+    zero:     mem[t] = base[t] - reset[t] * base[t]
+    none:     mem[t] = base[t]
+
+    Given beta (0 < beta < 1), the missing one of R and C follows from
+    beta = exp(-dt / (R * C)) as snnTorch derives it (beta alone: R = 1), so the
+    decay is 1 - dt / (R * C) = 1 + log(beta); beta itself is kept but unused.
+    R, C, dt and beta are buffers (snnTorch's are not learnable either).
+    """
+
+    def __init__(self, shape, beta=None, R=None, C=None, time_step=1.0, **kwargs):
+        super().__init__(shape, 0.0 if beta is None else beta, **kwargs)
+        self.constant("time_step", time_step, False)
+        dt = self.time_step
+        if beta is None:  # R and C
+            self.constant("R", R, False)
+            self.constant("C", C, False)
+            self.beta = torch.exp(-dt / (R * C))  # R * C in float64, as snnTorch
+        elif C is None:  # beta, and R or nothing (R = 1)
+            self.constant("R", 1.0 if R is None else R, False)
+            self.register_buffer("C", dt / (self.R * torch.log(1 / self.beta)))
+        else:  # beta and C
+            self.constant("C", C, False)
+            self.register_buffer("R", dt / (self.C * torch.log(1 / self.beta)))
+
+    def step(self, cur, state):
+        (mem,) = state
+        reset = self.reset_signal(mem)
+        R, C, dt = self.R, self.C, self.time_step
+        base = cur * R * (1 / (R * C)) * dt + (1 - (dt / (R * C))) * mem
+        if self.reset_mode == "subtract":
+            mem = base - reset * self.threshold
+        elif self.reset_mode == "zero":
+            mem = base - reset * base
+        else:
+            mem = base
+        return self.fire(mem), (mem,)
+
+
+class LI(SpikingNeuron):
+    """Leaky integrator readout that never spikes, b = clamp(beta, 0, 1):
+
+    mem[t] = b * mem[t-1] + I[t]
+    spk[t] = 0
+
+    (snnTorch Leaky with reset "none" and a threshold it never reaches.) Its
+    threshold is +inf, so no membrane is ever near it.
+    """
+
+    def __init__(self, shape, beta, learn_beta=False, per_neuron=False):
+        super().__init__(
+            shape,
+            beta,
+            threshold=float("inf"),
+            learn_beta=learn_beta,
+            per_neuron=per_neuron,
+        )
+
+    def step(self, cur, state):
+        (mem,) = state
+        mem = self.beta.clamp(0, 1) * mem + cur
+        return torch.zeros_like(mem), (mem,)
+
+
+class ALIF(SpikingNeuron):
+    """Adaptive-threshold LIF (Bellec et al. 2018's LSNN neuron, as in Yin et
+    al. 2021), b = clamp(beta, 0, 1), r = clamp(rho, 0, 1); all states start at
+    zero (spk[-1] = a[-1] = mem[-1] = 0):
+
+    a[t]     = r * a[t-1] + (1 - r) * spk[t-1]
+    thr[t]   = threshold + adapt * a[t]
+    reset[t] = H(mem[t-1] - thr[t-1]), detached
+    m[t]     = I[t] + R(spk[t-1])   (R: the recurrent feedback; none in alif)
+    subtract: mem[t] = b * mem[t-1] + m[t] - reset[t] * thr[t-1]
+    zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + m[t]
+    none:     mem[t] = b * mem[t-1] + m[t]
+    spk[t]   = S(mem[t] - thr[t])
+
+    So thr[t] counts the spikes up to t-1, and a reset takes off the threshold
+    the membrane crossed. At a steady rate of one spike per step a tends to 1:
+    adapt is the most the threshold rises (Bellec et al.'s beta).
+    """
+
+    state_names = ("spk", "a", "mem")
+
+    def __init__(
+        self,
+        shape,
+        beta,
+        rho,
+        adapt=1.8,
+        learn_rho=False,
+        learn_adapt=False,
+        recurrent=None,
+        **kwargs,
+    ):
+        super().__init__(shape, beta, **kwargs)
+        self.constant("rho", rho, learn_rho)
+        self.constant("adapt", adapt, learn_adapt)
+        self.recurrent = recurrent
+
+    def fire_at(self, mem, threshold):
+        """spk = S(mem - threshold), for a threshold of each neuron and step."""
+        shifted = mem - threshold
+        if self.hard or self.surrogate is None:
+            return (shifted > 0).to(mem.dtype)
+        return self.surrogate.apply(shifted, *self.surrogate_args)
+
+    def step(self, cur, state):
+        spk, a, mem = state
+        last = self.threshold + self.adapt * a  # thr[t-1]
+        reset = (mem - last > 0).to(mem.dtype)
+        rho = self.rho.clamp(0, 1)
+        a = rho * a + (1 - rho) * spk
+        if self.recurrent is not None:
+            cur = cur + self.recurrent(spk)
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mode == "subtract":
+            mem = beta * mem + cur - reset * last
+        elif self.reset_mode == "zero":
+            mem = beta * ((1 - reset) * mem) + cur
+        else:
+            mem = beta * mem + cur
+        spk = self.fire_at(mem, self.threshold + self.adapt * a)
+        return spk, (spk, a, mem)

@@ -52,6 +52,40 @@ class AddType(MergeType):
 
 
 @register
+class IAndType(MergeType):
+    class IAnd(LayerBase):
+        type: Literal["iand"] = Field(
+            description="SEW-ResNet's IAND of two spike maps of one shape, inputs "
+            "[a, b]: (1 - a) * b, i.e. (not a) and b; a is the residual branch's "
+            "spikes, b the shortcut's."
+        )
+
+    schema = IAnd
+    type = "iand"
+    prefix = "iand"
+    arity = (2, 2)
+    example = (
+        {"type": "linear", "name": "a", "out_features": 3, "inputs": ["input"]},
+        {"type": "leaky", "name": "lif_a", "beta": 0.9},
+        {"type": "linear", "name": "b", "out_features": 3, "inputs": ["input"]},
+        {"type": "leaky", "name": "lif_b", "beta": 0.9},
+        {"type": "iand", "inputs": ["lif_a", "lif_b"]},
+    )
+
+    def infer(self, params, shapes, ctx):
+        if len(set(shapes)) != 1:
+            ctx.error(
+                f"{ctx.me} needs two inputs of one shape: {self._listing(shapes, ctx)}"
+            )
+            return None
+        return Inferred(shapes[0], 0, params)
+
+    def expression(self, node, args):
+        a, b = args
+        return f"(1 - {a}) * {b}"
+
+
+@register
 class ConcatType(MergeType):
     class Concat(LayerBase):
         type: Literal["concat"] = Field(

@@ -104,6 +104,7 @@ class NeuronType(LayerType):
     hoistable = False
     runtime_class: ClassVar[str] = ""
     fused_kernel: ClassVar[bool] = False  # runtime/fused.py has its sequence kernel
+    spiking: ClassVar[bool] = True  # False: a readout whose spikes are always 0
     defaults: ClassVar[dict[str, Any]] = {
         "threshold": 1.0,
         "reset": "subtract",
@@ -121,7 +122,13 @@ class NeuronType(LayerType):
         return tuple(f for f in cls.schema.model_fields if f not in own)
 
     def resolve(self, layer: dict, defaults: dict, ctx: Context) -> dict | None:
-        """The layer's fields, else `defaults`, else the built-in defaults."""
+        """The layer's fields, else `defaults`, else the built-in defaults;
+        checked by the type (None on error)."""
+        params = self.gather(layer, defaults, ctx)
+        return None if params is None else self.check(params, ctx)
+
+    def gather(self, layer: dict, defaults: dict, ctx: Context) -> dict | None:
+        """Each field from the layer, else `defaults`, else the built-in defaults."""
         params: dict[str, Any] = {}
         for key in self.fields():
             for source in (layer, defaults, self.defaults):
@@ -137,7 +144,7 @@ class NeuronType(LayerType):
             return None
         if "recurrence" in layer:
             params["recurrence"] = dict(layer["recurrence"])
-        return self.check(params, ctx)
+        return params
 
     def check(self, params: dict, ctx: Context) -> dict | None:
         """Type-specific checks of the resolved fields (None on error)."""
@@ -206,6 +213,8 @@ class NeuronType(LayerType):
                 kwargs["surrogate_args"] = tuple(float(p["surrogate"][a]) for a in args)
             elif key in self.defaults and p[key] == self.defaults[key]:
                 continue  # the runtime class's default too (a conformance test)
+            elif p[key] is None:
+                continue  # left open (lapicque's R or C): the runtime's None
             else:
                 value = p[key]
                 number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -335,5 +344,164 @@ class RSynapticType(NeuronType):
             "alpha": 0.8,
             "beta": 0.9,
             "recurrence": {"type": "one_to_one"},
+        },
+    )
+
+
+@register
+class LapicqueType(NeuronType):
+    class Lapicque(LayerBase):
+        type: Literal["lapicque"] = Field(
+            description="Lapicque's RC-circuit neuron (snnTorch Lapicque): leaky "
+            "integration set by R, C and the time step; give beta, or R and C, or "
+            "beta with one of them."
+        )
+        beta: float | None = NeuronFields.model_fields["beta"]
+        R: float | None = Field(
+            None, gt=0, description="Resistance of the RC circuit, > 0."
+        )
+        C: float | None = Field(
+            None, gt=0, description="Capacitance of the RC circuit, > 0."
+        )
+        time_step: float | None = Field(
+            None, gt=0, description="Duration of one time step, > 0 (default 1.0)."
+        )
+        threshold: float | None = NeuronFields.model_fields["threshold"]
+        reset: ResetMode | None = NeuronFields.model_fields["reset"]
+        learn_threshold: bool | None = NeuronFields.model_fields["learn_threshold"]
+        per_neuron: bool | None = NeuronFields.model_fields["per_neuron"]
+        surrogate: Surrogate | None = NeuronFields.model_fields["surrogate"]
+
+    schema = Lapicque
+    type = "lapicque"
+    prefix = "lapicque"
+    states = ("mem",)
+    runtime_class = "Lapicque"
+    defaults: ClassVar[dict[str, Any]] = {**NeuronType.defaults, "time_step": 1.0}
+    example = ({"type": "lapicque", "R": 2.0, "C": 3.0},)
+    RC: ClassVar[tuple[str, ...]] = ("beta", "R", "C")
+
+    def gather(self, layer, defaults, ctx):
+        """beta, R and C are one choice: the layer's own if it sets any of them,
+        else the `defaults` block's (beta alone, or two of them, as snnTorch
+        takes them); the other fields as any neuron's."""
+        own = {k: layer.get(k) for k in self.RC}
+        if all(v is None for v in own.values()):
+            own = {k: defaults.get(k) for k in self.RC}
+        rest = {k: v for k, v in layer.items() if k not in self.RC}
+        placeholders = {k: 0.5 for k in self.RC}  # replaced by the choice
+        params = super().gather({**rest, **placeholders}, defaults, ctx)
+        return None if params is None else {**params, **own}
+
+    def check(self, params, ctx):
+        beta = params["beta"]
+        given = [k for k in self.RC if params[k] is not None]
+        if given not in (["beta"], ["R", "C"], ["beta", "R"], ["beta", "C"]):
+            got = ", ".join(given) if given else "none of them"
+            at = (given[-1],) if given and ctx.has(given[-1]) else ()
+            ctx.error(
+                "lapicque needs beta, or R and C, or beta with one of R and C "
+                f"(the third follows from beta = exp(-time_step / (R C))); got {got}",
+                *at,
+            )
+            return None
+        if beta is not None and not 0 < beta < 1:
+            at = ("beta",) if ctx.has("beta") else ()
+            ctx.error(
+                f"lapicque needs 0 < beta < 1 (R or C follows from log(1 / beta)), "
+                f"got {beta}",
+                *at,
+            )
+            return None
+        return params
+
+
+@register
+class LIType(NeuronType):
+    class LI(LayerBase):
+        type: Literal["li"] = Field(
+            description="Leaky integrator readout that never spikes: "
+            "mem[t] = beta mem[t-1] + I[t], spikes all zero (for membrane "
+            "decodings and losses)."
+        )
+        beta: float | None = NeuronFields.model_fields["beta"]
+        learn_beta: bool | None = NeuronFields.model_fields["learn_beta"]
+        per_neuron: bool | None = NeuronFields.model_fields["per_neuron"]
+
+    schema = LI
+    type = "li"
+    prefix = "li"
+    spiking = False
+    states = ("mem",)
+    runtime_class = "LI"
+    example = ({"type": "li", "beta": 0.9},)
+
+    def definitions(self, node):
+        return [("neurons", self.runtime_class)]  # no surrogate: it never fires
+
+
+class AdaptiveFields(NeuronFields):
+    rho: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Decay per step of the threshold adaptation, in [0, 1].",
+    )
+    adapt: float | None = Field(
+        None,
+        ge=0,
+        description="Threshold increase per unit of adaptation, >= 0: "
+        "thr = threshold + adapt * a (default 1.8).",
+    )
+    learn_rho: bool | None = Field(None, description="Learn rho (default false).")
+    learn_adapt: bool | None = Field(None, description="Learn adapt (default false).")
+
+
+class AdaptiveType(NeuronType):
+    """Adaptive-threshold LIF neurons: the runtime class ALIF."""
+
+    states = ("spk", "a", "mem")
+    runtime_class = "ALIF"
+    defaults: ClassVar[dict[str, Any]] = {
+        **NeuronType.defaults,
+        "adapt": 1.8,
+        "learn_rho": False,
+        "learn_adapt": False,
+    }
+
+
+@register
+class ALIFType(AdaptiveType):
+    class ALIF(LayerBase, AdaptiveFields):
+        type: Literal["alif"] = Field(
+            description="Adaptive-threshold LIF (Bellec et al. 2018's LSNN): each "
+            "spike raises the threshold, which decays back by rho."
+        )
+
+    schema = ALIF
+    type = "alif"
+    prefix = "alif"
+    example = ({"type": "alif", "beta": 0.9, "rho": 0.8, "adapt": 0.5},)
+
+
+@register
+class RALIFType(AdaptiveType):
+    class RALIF(LayerBase, AdaptiveFields, RecurrentFields):
+        type: Literal["ralif"] = Field(
+            description="Recurrent adaptive-threshold LIF (alif with its spikes fed "
+            "back, as in Bellec et al. 2018 and Yin et al. 2021)."
+        )
+
+    schema = RALIF
+    type = "ralif"
+    prefix = "ralif"
+    example = (
+        {
+            "type": "ralif",
+            "beta": 0.9,
+            "rho": 0.8,
+            "adapt": 0.5,
+            "learn_rho": True,
+            "recurrence": {"type": "linear"},
         },
     )

@@ -262,9 +262,17 @@ TORCH_DEFAULTS = {"eps": 1e-5, "momentum": 0.1}  # torch.nn.BatchNorm*d's
 class BatchNormFields(LayerBase):
     eps: float = Field(1e-5, gt=0, description="Added to the variance for stability.")
     momentum: float = Field(0.1, ge=0, le=1, description="Running statistics momentum.")
+    time: Literal["per_step", "joint"] = Field(
+        "per_step",
+        description="Batch statistics of each step's batch (per_step), or of all "
+        "steps and samples together, [T * B] (joint, as tdBN); the step schedule "
+        "normalizes each step's batch either way.",
+    )
 
 
 class BatchNorm(LayerType):
+    """Batch norm; `per_step` unless a node's `time` is joint (ir/passes.py)."""
+
     prefix = "bn"
     hoistable = False  # running statistics are updated at every step
     per_step = True
