@@ -31,6 +31,7 @@ DECODERS = {
     "latency": "decode_latency",
     "max_membrane": "decode_max_membrane",
     "mean_membrane": "decode_mean_membrane",
+    "last_membrane": "decode_last_membrane",
 }
 
 # loss type -> runtime function in runtime/losses.py
@@ -42,4 +43,10 @@ LOSSES = {
     "ce_max_membrane": "loss_ce_max_membrane",
     "mse_membrane": "loss_mse_membrane",
     "ce_temporal": "loss_ce_temporal",
+    "mse": "loss_mse",
+    "l1": "loss_l1",
 }
+
+# what each task accepts (classification: every other loss, every decoding)
+REGRESSION_LOSSES = ("mse", "l1")
+REGRESSION_DECODINGS = ("mean_membrane", "last_membrane")

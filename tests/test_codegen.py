@@ -195,6 +195,10 @@ def test_same_training_steps_as_snncompile_train(spec_path):
     for step in range(2):  # the second step uses the optimizers' state
         x = _input(graph, batch=2, seed=step)
         y = torch.tensor([step, 3])
+        if graph.task == "regression":  # float targets, one per output
+            y = torch.rand(
+                2, graph.num_classes, generator=torch.Generator().manual_seed(step)
+            )
         torch.manual_seed(100 + step)
         loss_g, _, _ = module.train_step(generated, optimizer_g, x, y)
         torch.manual_seed(100 + step)

@@ -84,7 +84,8 @@ def _check_export(net, tmp_path, name="model"):
         result = report["verification"]
         assert result["passed"], result["failures"]
         assert [b["batch"] for b in result["batches"]] == [1, 7]
-        assert result["output_spike_rate"] > 0, "the comparison never saw a spike"
+        if net.graph.output.descriptor.spiking:  # not a readout such as li
+            assert result["output_spike_rate"] > 0, "the comparison never saw a spike"
         onnx.checker.check_model(onnx.load(path), full_check=True)
         reports[variant] = report
     graph = net.graph
@@ -123,7 +124,7 @@ def tiny_spec(tmp_path, layers, encoding=None, decoding="rate", shape=(1, 6, 6),
         "name": top.pop("name", "tiny"),
         "input": {"shape": list(shape), "encoding": encoding or {"type": "direct"}},
         "steps": top.pop("steps", 6),
-        "defaults": top.pop("defaults", {"beta": 0.8, "alpha": 0.9}),
+        "defaults": top.pop("defaults", {"beta": 0.8, "alpha": 0.9, "rho": 0.9}),
         "layers": layers,
         "decoding": {"type": decoding},
         "train": {"dataset": "synthetic", "seed": 3},
@@ -134,7 +135,9 @@ def tiny_spec(tmp_path, layers, encoding=None, decoding="rate", shape=(1, 6, 6),
     return path
 
 
-NEURONS = of_role("neuron")  # every registered neuron type
+# every registered neuron type but the li readout, which never fires (its export:
+# tests/test_neurons_more.py)
+NEURONS = [kind for kind in of_role("neuron") if kind != "li"]
 RESETS = ["subtract", "zero", "none"]
 
 

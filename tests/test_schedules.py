@@ -128,6 +128,10 @@ def test_layered_matches_step(path, mode):
     targets = torch.randint(
         0, graph.num_classes, (BATCH,), generator=torch.Generator().manual_seed(2)
     )
+    if graph.task == "regression":  # float targets, one per output
+        targets = torch.rand(
+            BATCH, graph.num_classes, generator=torch.Generator().manual_seed(2)
+        )
 
     out_l = run(layered, x, seed=3, schedule="layered")
     out_s = run(step, x, seed=3, schedule="step")
@@ -137,7 +141,10 @@ def test_layered_matches_step(path, mode):
     assert set(spikes_l) == set(spikes_s) == set(mems_l)
     for name, spk in spikes_s.items():
         rate = spk.mean().item()
-        assert 0.005 < rate < 0.995, f"{name} spike rate {rate:.4f}: weak comparison"
+        if graph.node(name).descriptor.spiking:  # not a readout such as li
+            assert 0.005 < rate < 0.995, (
+                f"{name} spike rate {rate:.4f}: weak comparison"
+            )
         threshold = getattr(step, name).threshold.detach()
         near = ((mems_s[name] - threshold).abs() < NEAR) | (
             (mems_l[name] - threshold).abs() < NEAR

@@ -21,6 +21,7 @@ from .. import registry
 from ..ir import passes
 from ..ir.analyze import reserved_attributes
 from ..ir.graph import INPUT, Graph, Node
+from ..runtime.datasets import REGRESSION_SEEDS
 from ..types.base import Call, Name
 from ..types.fields import IDENTIFIER
 
@@ -505,6 +506,7 @@ DATASET_TITLES = {
     "kmnist": ("KMNIST", "KMNIST"),
     "cifar10": ("CIFAR10", "CIFAR-10"),
     "synthetic": (None, "synthetic data"),
+    "synthetic_regression": (None, "synthetic regression data"),
 }
 # snncompile/train/data.py's synthetic dataset (tests/test_codegen.py compares them)
 SYNTHETIC = {"prototype_seed": 1234, "train": 2048, "test": 512, "noise": 0.35}
@@ -531,7 +533,8 @@ def _loss_lines(graph: Graph) -> tuple[list[str], list[str], str]:
     func = registry.LOSSES[params.pop("type")]
     regularization = params.pop("rate_regularization", None)
     sources = runtime_definitions("losses")
-    blocks = [sources[func]]
+    helpers = [h for h in sources if h != func and f"{h}(" in sources[func]]
+    blocks = [*(sources[h] for h in helpers), sources[func]]
     call = _fit("loss = ", func, ["spk", "mem", "targets"] + _kwargs(params), "    ")
     if not regularization:
         return ["spk, mem = model(x)", *call.split("\n")], blocks, ""
@@ -554,7 +557,7 @@ def _loss_lines(graph: Graph) -> tuple[list[str], list[str], str]:
 def _to_input(graph: Graph, dataset: str) -> list[str]:
     """Body of to_input(x): stored samples -> one model input batch."""
     steps = []  # (expression of x, comment)
-    if dataset != "synthetic":
+    if dataset not in ("synthetic", "synthetic_regression"):
         steps.append(("x.to(torch.float32).div_(255)", "as torchvision's ToTensor"))
     if graph.train["normalize"]:
         view = "(" + ", ".join(["-1"] + ["1"] * (len(graph.input_shape) - 1)) + ")"
@@ -618,6 +621,14 @@ def _schedule(graph: Graph) -> dict[str, Any]:
     }
 
 
+def _assigned(name: str, value: str) -> str:
+    """The right-hand side of `name = value`, in parentheses over three lines
+    when the line would pass ruff's length (as ruff format lays it out)."""
+    if len(f"{name} = {value}") <= LINE or len(f"    {value}") > LINE:
+        return value
+    return f"(\n    {value}\n)"
+
+
 def _plain(value: Any) -> Any:
     """Frozen IR data as plain lists, for comparison with literals."""
     return list(value) if isinstance(value, tuple) else value
@@ -648,10 +659,17 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
     train = graph.train
     dataset = train["dataset"]
     cls, title = DATASET_TITLES[dataset]
-    synthetic = dataset == "synthetic"
+    generated = dataset in ("synthetic", "synthetic_regression")
+    regression = graph.task == "regression"
     decode = registry.DECODERS[graph.decoding]
     decode_sources = runtime_definitions("decode")
-    decode_blocks = [decode_sources[decode], decode_sources["accuracy"]]
+    metrics = ("regression_sums", "regression_metrics") if regression else ("accuracy",)
+    decode_blocks = [decode_sources[decode], *(decode_sources[m] for m in metrics)]
+    dataset_blocks = (
+        [runtime_definitions("datasets")["synthetic_regression"]]
+        if dataset == "synthetic_regression"
+        else []
+    )
     loss_lines, loss_blocks, note = _loss_lines(graph)
     to_input = _to_input(graph, dataset)
     optimizer = dict(train["optimizer"])
@@ -663,14 +681,22 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         if k not in defaults or _plain(v) != defaults[k]
     }
     shape = ", ".join(str(s) for s in graph.input_shape)
-    blocks = [net, *decode_blocks, *loss_blocks]
+    blocks = [net, *decode_blocks, *loss_blocks, *dataset_blocks]
     schedule = _schedule(graph)
     drop_last = train["drop_last"]
     return {
-        "docstring": _docstring(graph, title, synthetic),
+        "docstring": _docstring(graph, title, generated),
+        "generated": generated,
+        "regression": regression,
+        "regression_data": dataset == "synthetic_regression",
+        "dataset_blocks": dataset_blocks,
+        "regression_seeds": tuple(REGRESSION_SEEDS[split] for split in (True, False)),
         "name_lit": lit(ident(graph.name)),
-        "description_lit": lit(
-            f"Train {graph.name} ({title})." if description is None else description
+        "description_lit": _assigned(
+            "DESCRIPTION",
+            lit(
+                f"Train {graph.name} ({title})." if description is None else description
+            ),
         ),
         "epochs": lit(train["epochs"]),
         "seed": lit(train["seed"]),
@@ -698,7 +724,7 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
             "test_count": SYNTHETIC["test"],
             "noise": lit(SYNTHETIC["noise"]),
         }
-        if synthetic
+        if generated
         else None,
         "classes": graph.num_classes,
         "dataset_class": cls,
@@ -718,7 +744,7 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         ).split("\n"),
         "schedule_type": ident(train["schedule"]["type"]),
         **schedule,
-        "root_arg": "" if synthetic else "data_root, ",
+        "root_arg": "" if generated else "data_root, ",
         "per_epoch_expr": (
             "len(train_labels) // BATCH_SIZE"
             if drop_last

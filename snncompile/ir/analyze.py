@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from .. import registry
 from ..spec.errors import Problem, SpecError
 from ..spec.load import source_of
 from ..spec.schema import Spec
@@ -30,7 +31,9 @@ DATASETS: dict[str, tuple[Shape | None, int | None]] = {
     "kmnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
     "synthetic": (None, None),
+    "synthetic_regression": (None, None),
 }
+REGRESSION_DATASETS = ("synthetic_regression",)
 
 
 @functools.cache
@@ -311,6 +314,7 @@ def analyze(spec: Spec) -> Graph:
         train=freeze(_train(data["train"])),
         num_classes=nodes[-1].out_shape[0],
         spec_json=spec.model_dump_json(),
+        task=data["task"],
     )
 
 
@@ -405,8 +409,42 @@ def _train(train: dict) -> dict:
     return {**train, "eval_batch_size": train["eval_batch_size"] or train["batch_size"]}
 
 
+def _check_task(chk: _Checker, data: dict) -> None:
+    """Loss, decoding and dataset fit the task: integer labels and class scores,
+    or float targets and predictions."""
+    task, loss, decoding = data["task"], data["loss"]["type"], data["decoding"]["type"]
+    dataset = data["train"]["dataset"]
+    regression = task == "regression"
+    if regression and loss not in registry.REGRESSION_LOSSES:
+        chk.error(
+            ("loss", "type"),
+            f"task regression needs a regression loss "
+            f"({', '.join(registry.REGRESSION_LOSSES)}), not {loss}",
+        )
+    if not regression and loss in registry.REGRESSION_LOSSES:
+        chk.error(
+            ("loss", "type"),
+            f"{loss} compares float targets: set `task: regression`, or choose a "
+            "classification loss such as ce_membrane",
+        )
+    if regression and decoding not in registry.REGRESSION_DECODINGS:
+        chk.error(
+            ("decoding", "type"),
+            f"task regression predicts with a membrane decoding "
+            f"({', '.join(registry.REGRESSION_DECODINGS)}), not {decoding}",
+        )
+    if regression != (dataset in REGRESSION_DATASETS):
+        kind = "regression" if dataset in REGRESSION_DATASETS else "classification"
+        chk.error(
+            ("train", "dataset"),
+            f"dataset {dataset} is a {kind} dataset but the task is {task}",
+        )
+
+
 def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, classes) -> None:
-    """The decoding and the loss read the last layer: one spiking neuron per class."""
+    """The decoding and the loss read the last layer: one neuron per class (or per
+    regression target)."""
+    _check_task(chk, data)
     if not last.stateful:
         chk.error(
             item.path,
@@ -419,8 +457,9 @@ def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, classes) -
     if len(shape) != 1:
         chk.error(
             item.path,
-            f"the output layer {last.name} must give one neuron per class "
-            f"[classes], got {describe(shape)}; add flatten and linear layers",
+            f"the output layer {last.name} must give one neuron per class (or "
+            f"regression target) [outputs], got {describe(shape)}; add flatten and "
+            "linear layers",
         )
     elif classes is not None and shape[0] != classes:
         chk.error(
@@ -428,5 +467,5 @@ def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, classes) -
             f"dataset {data['train']['dataset']} has {classes} classes but the "
             f"output layer {last.name} has {shape[0]} neurons",
         )
-    elif shape[0] < 2:
+    elif shape[0] < 2 and data["task"] == "classification":
         chk.error(item.path, "a classifier needs at least 2 output neurons")

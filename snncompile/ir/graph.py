@@ -58,11 +58,11 @@ class Node:
 
     @property
     def neurons(self) -> int:
-        """Spiking neurons (0 for other layers)."""
+        """Spiking neurons (0 for other layers and non-spiking readouts)."""
         n = 1
         for size in self.out_shape:
             n *= size
-        return n if self.stateful else 0
+        return n if self.stateful and self.descriptor.spiking else 0
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class Graph:
     decoding: str
     loss: Mapping[str, Any]
     train: Mapping[str, Any]
-    num_classes: int
+    num_classes: int  # output neurons: classes, or regression targets per sample
     spec_json: str = field(repr=False, default="")  # the validated spec, as JSON
+    task: str = "classification"  # or "regression" (float targets)
 
     @property
     def output(self) -> Node:

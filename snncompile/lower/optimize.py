@@ -1,10 +1,11 @@
 """Compiled kernels on top of the lowered module, where they pay.
 
-Modes (`snncompile train --compile`): native (the default) runs Leaky layers by
+Modes (`snncompile train --compile`): plain runs the model exactly as codegen
+writes it (the float order of a generated script); native (the default) runs Leaky layers by
 snncompile's own C kernels (snncompile/native: built once per machine by the
 system C compiler, loaded in milliseconds) and every other neuron as in
 `neurons`; neurons runs every neuron's loops through torch.compile; model
-torch.compiles the whole forward; none stays eager. All give the same spikes.
+torch.compiles the whole forward; none runs the fused kernels eagerly. All give the same spikes.
 
 `compile_neurons(net)` sets every neuron's `compiled` flag: Leaky layers then run
 their fused kernel's forward and backward loops as torch.compile'd C++ (one loop
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # torch is imported where used: the CLI reads MODES without i
 
 from ..spec.errors import UserError
 
-MODES = ("native", "neurons", "model", "none")  # what `--compile` accepts
+MODES = ("native", "neurons", "model", "none", "plain")  # what `--compile` accepts
 DEFAULT_MODE = "native"
 
 # each layer and shape is its own dynamo entry of the same few functions
@@ -169,7 +170,7 @@ def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str |
         if net is None or all(native_fits(m) for m in neurons(net)):
             return mode, None
         # other neuron types still need torch.compile's compiler: checked below
-    if mode != "none":
+    if mode not in ("none", "plain"):
         why = compile_problem()
         if why:
             return "none", f"torch.compile cannot build kernels here ({why}); " + (
@@ -181,6 +182,8 @@ def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str |
 def apply(net: torch.nn.Module, mode: str) -> torch.nn.Module:
     """The module to run for a `--compile` mode: native, neurons, model or none."""
     mode = as_mode(mode)
+    if mode == "plain":  # the model exactly as codegen writes it: nothing on top
+        return net
     if mode == "model":
         return compile_model(net)
     if mode == "native":

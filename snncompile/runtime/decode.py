@@ -1,4 +1,5 @@
-"""Output decodings: ``spk, mem: [T, B, C]`` -> class scores ``[B, C]``.
+"""Output decodings: ``spk, mem: [T, B, C]`` -> class scores ``[B, C]`` (or, for
+regression, predictions ``[B, K]``), and the metrics of each task.
 
 The predicted class is ``scores.argmax(-1)`` (ties go to the lowest index, as in
 snnTorch's ``accuracy_*`` helpers).  Self-contained (imports only ``torch``) so
@@ -36,9 +37,34 @@ def decode_mean_membrane(spk, mem):
     return mem.mean(dim=0)
 
 
+def decode_last_membrane(spk, mem):
+    """Last-step membrane: ``s[b, c] = mem[T - 1, b, c]``."""
+    return mem[-1]
+
+
 def accuracy(scores, targets):
     """Correct count: ``n = sum_b 1[argmax_c scores[b, c] == targets[b]]``.
 
     Returns a 0-dim int64 tensor on the scores' device (no host sync).
     """
     return (scores.argmax(dim=-1) == targets).sum()
+
+
+def regression_sums(pred, targets):
+    """Sums of a batch for MSE, MAE and R^2 (one float64 tensor, no host sync):
+    ``[sum (p - y)^2, sum |p - y|, sum y, sum y^2, count]`` over every element."""
+    err = (pred - targets).double()
+    y = targets.double()
+    count = torch.full((), y.numel(), dtype=torch.float64, device=y.device)
+    return torch.stack(
+        [err.square().sum(), err.abs().sum(), y.sum(), y.square().sum(), count]
+    )
+
+
+def regression_metrics(sums):
+    """MSE, MAE and R^2 from accumulated ``regression_sums``:
+    ``R^2 = 1 - SSE / SST``, ``SST = sum y^2 - (sum y)^2 / n`` (all outputs pooled)."""
+    sse, sae, total, square, n = (float(v) for v in sums)
+    sst = square - total * total / n if n else 0.0
+    r2 = 1 - sse / sst if sst > 0 else None  # undefined for constant targets
+    return {"mse": sse / n, "mae": sae / n, "r2": r2} if n else {}

@@ -107,6 +107,36 @@ def loss_ce_temporal(spk, mem, targets, inverse="negate"):
     return F.cross_entropy(logits, targets)
 
 
+def regression_readout(spk, mem, readout):
+    """What a regression loss compares with targets [B, K]: ``mem`` [T, B, K]
+    itself (every_membrane), ``mem[T-1]`` (last_membrane), ``mean_t mem[t]``
+    (mean_membrane) or the spike rate ``mean_t spk[t]`` (rate)."""
+    if readout == "every_membrane":
+        return mem
+    if readout == "last_membrane":
+        return mem[-1]
+    if readout == "mean_membrane":
+        return mem.mean(dim=0)
+    if readout == "rate":
+        return spk.mean(dim=0)
+    raise ValueError(f"unknown readout {readout!r}")
+
+
+def loss_mse(spk, mem, targets, readout="every_membrane"):
+    """Mean squared error against float targets ``y [B, K]``:
+    ``L = mean (r - y)^2`` over every element of the readout ``r``
+    (``regression_readout``; every_membrane: ``(1 / T) sum_t MSE(mem[t], y)``)."""
+    pred = regression_readout(spk, mem, readout)
+    return F.mse_loss(pred, targets.expand_as(pred))
+
+
+def loss_l1(spk, mem, targets, readout="every_membrane"):
+    """Mean absolute error against float targets ``y [B, K]``:
+    ``L = mean |r - y|`` over every element of the readout (see ``loss_mse``)."""
+    pred = regression_readout(spk, mem, readout)
+    return F.l1_loss(pred, targets.expand_as(pred))
+
+
 def rate_regularization(spk_list, weight, target=None):
     """Firing-rate penalty over layers ``l`` with records ``s_l: [T, B, ...]``.
 

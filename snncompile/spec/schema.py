@@ -132,9 +132,12 @@ Defaults = create_model(
 
 # --------------------------------------------------------------------------- decoding / loss
 class Decoding(Strict):
-    type: Literal["rate", "latency", "max_membrane", "mean_membrane"] = Field(
-        description="How output spikes/membranes become class scores: spike count, first spike, "
-        "max or mean membrane."
+    type: Literal[
+        "rate", "latency", "max_membrane", "mean_membrane", "last_membrane"
+    ] = Field(
+        description="How output spikes/membranes become class scores (classification: "
+        "spike count, first spike, max, mean or last membrane) or predictions "
+        "(regression: mean or last membrane)."
     )
 
 
@@ -207,8 +210,37 @@ class CETemporal(LossBase):
     )
 
 
+Readout = Literal["every_membrane", "last_membrane", "mean_membrane", "rate"]
+
+
+class MSE(LossBase):
+    type: Literal["mse"] = Field(
+        description="Regression: mean squared error of the readout against float targets."
+    )
+    readout: Readout = Field(
+        "every_membrane",
+        description="What is compared with the targets: the output membrane at every "
+        "step (averaged over steps), at the last step, its mean over steps, or the "
+        "spike rate (mean over steps).",
+    )
+
+
+class L1(MSE):
+    type: Literal["l1"] = Field(
+        description="Regression: mean absolute error of the readout against float targets."
+    )
+
+
 Loss = Annotated[
-    CEMembrane | CERate | CECount | MSECount | CEMaxMembrane | MSEMembrane | CETemporal,
+    CEMembrane
+    | CERate
+    | CECount
+    | MSECount
+    | CEMaxMembrane
+    | MSEMembrane
+    | CETemporal
+    | MSE
+    | L1,
     Field(discriminator="type"),
 ]
 
@@ -265,7 +297,9 @@ Schedule = Annotated[
     NoSchedule | CosineSchedule | StepSchedule, Field(discriminator="type")
 ]
 
-DatasetName = Literal["mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic"]
+DatasetName = Literal[
+    "mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic", "synthetic_regression"
+]
 
 
 class Normalize(Strict):
@@ -279,7 +313,8 @@ class Normalize(Strict):
 
 class Train(Strict):
     dataset: DatasetName = Field(
-        description="torchvision dataset by name, or `synthetic` (random separable data for tests)."
+        description="torchvision dataset by name, `synthetic` (random separable "
+        "classes) or `synthetic_regression` (amplitudes of sinusoids, generated)."
     )
     normalize: Normalize | None = Field(
         None, description="Normalize inputs after scaling to [0, 1]."
@@ -339,6 +374,11 @@ class Spec(Strict):
     layers: Annotated[list[Layer], Field(min_length=1)] = Field(
         description="Layers in order, input to output; a layer reads the one before "
         "it unless it names its `inputs`."
+    )
+    task: Literal["classification", "regression"] = Field(
+        "classification",
+        description="classification: integer labels, a class score per output neuron; "
+        "regression: float targets, one per output neuron.",
     )
     decoding: Decoding = Field(
         default_factory=lambda: Decoding(type="rate"),

@@ -59,7 +59,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         help="compiled kernels on top: Leaky layers by snncompile's C kernels "
         "and other neurons by torch.compile (native, the default), every "
         "neuron's time loop by torch.compile (neurons), the whole forward by "
-        "torch.compile (model), or eager only (none)",
+        "torch.compile (model), the fused kernels eagerly (none), or the model "
+        "exactly as codegen writes it (plain: a generated script's float order)",
     )
     parser.add_argument(
         "--limit-train", type=_positive, metavar="N", help="first N training samples"
@@ -72,7 +73,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..lower.optimize import tune_allocator
-    from .loop import train
+    from .loop import describe, train
 
     tune_allocator()  # this process only: large blocks stay mapped between steps
     metrics = train(
@@ -92,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(compile_summary(metrics))
     seconds = sum(h["seconds"] for h in metrics["history"])
     print(
-        f"{metrics['name']}: test accuracy {metrics['test_accuracy']:.2%}, "
+        f"{metrics['name']}: test {describe(metrics)}, "
         f"test loss {metrics['test_loss']:.4f} after {metrics['epochs']} epoch(s) "
         f"({seconds:.1f} s training on {metrics['device']})"
     )
@@ -149,7 +150,7 @@ def _evaluate_onnx(args: argparse.Namespace) -> dict:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .loop import evaluate
+    from .loop import describe, evaluate
 
     if args.onnx:
         result = _evaluate_onnx(args)
@@ -164,7 +165,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"test accuracy: {result['test_accuracy']:.2%}")
+    print(f"test {describe(result)}")
     if result.get("test_loss") is not None:
         print(f"test loss:     {result['test_loss']:.4f}")
     rates = result.get("firing_rates") or {}

@@ -9,6 +9,9 @@ in snncompile's cache (snncompile/cache.py) for later processes.
 
 `synthetic` is a generated, learnable dataset of any input shape: each class has a
 random prototype in [0, 1] and samples are prototypes plus Gaussian noise.
+`synthetic_regression` is its regression twin: each sample is a sum of K sinusoids
+(K = the output neurons) sampled over its input values, and the float targets
+are their K amplitudes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from ..cache import cache_dir
 from ..lower.checkpoint import save_atomically
+from ..runtime import datasets
 from ..spec.errors import UserError
 
 MNIST_FILES = (
@@ -54,7 +58,8 @@ def data_root(root: str | os.PathLike | None) -> Path:
 
 @dataclass
 class Split:
-    """One split in memory: inputs [N, ...] (uint8 0-255 or float) and labels [N]."""
+    """One split in memory: inputs [N, ...] (uint8 0-255 or float) and labels [N]
+    (int64 classes) or float regression targets [N, K]."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -208,6 +213,20 @@ def _synthetic(shape, classes: int, train: bool, steps: int):
     return (prototypes[labels] + noise).clamp_(0, 1), labels
 
 
+def _synthetic_regression(shape, outputs: int, train: bool):
+    """runtime/datasets.py's sums of sinusoids (seeds 3 and 4, sizes as
+    `_synthetic`); refuses inputs too short to tell the sinusoids apart."""
+    n = math.prod(shape)
+    if n < 2 * outputs + 1:
+        raise UserError(
+            f"synthetic_regression tells {outputs} sinusoids apart by their samples: "
+            f"it needs at least {2 * outputs + 1} input values, the input shape "
+            f"{list(shape)} has {n}"
+        )
+    seed = datasets.REGRESSION_SEEDS[train]
+    return datasets.synthetic_regression(shape, outputs, SYNTHETIC_SIZES[train], seed)
+
+
 def load_split(
     graph,
     train: bool,
@@ -221,6 +240,9 @@ def load_split(
     shape = tuple(graph.input_shape)
     if name == "synthetic":
         inputs, labels = _synthetic(shape, graph.num_classes, train, graph.steps)
+        native = shape
+    elif name == "synthetic_regression":
+        inputs, labels = _synthetic_regression(shape, graph.num_classes, train)
         native = shape
     else:
         inputs, labels = _torchvision(name, data_root(root), train, download)

@@ -11,6 +11,7 @@ import torch
 from ..spec.errors import UserError, first_line
 from ..spec.load import as_spec
 from .data import load_split
+from .loop import Score
 
 
 def evaluate_onnx(
@@ -54,19 +55,18 @@ def evaluate_onnx(
         normalize=norm.model_dump() if norm else None,
         download=download,
     )
-    correct = 0
+    score = Score(graph, "cpu")
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(spec.train.seed)
         for raw, labels in test.batches(batch_size or graph.train["eval_batch_size"]):
-            scores = run_session(sess, graph, mode, encode_inputs(graph, raw))[0]
-            correct += int((scores.argmax(-1) == labels).sum())
+            _, spk, mem = run_session(sess, graph, mode, encode_inputs(graph, raw))
+            score.add(spk, mem, labels)
     return {
         "name": graph.name,
-        "test_accuracy": correct / max(len(test), 1),
+        **{f"test_{k}": v for k, v in score.result(len(test)).items()},
         "test_samples": len(test),
         "samples": len(test),
-        "correct": correct,
         "onnx": str(onnx_path),
         "mode": mode,
         "seconds": time.perf_counter() - started,

@@ -16,15 +16,19 @@ def _save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def curves(history: list[dict], iteration_loss: list[float], path) -> None:
-    """Per-iteration training loss; per-epoch loss and accuracy (train and test)."""
+def curves(
+    history: list[dict], iteration_loss: list[float], path, metric="accuracy"
+) -> None:
+    """Per-iteration training loss; per-epoch loss and `metric` (accuracy, or a
+    regression's mse), train and test."""
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     ax_it, ax_loss, ax_acc = fig.subplots(1, 3)
     ax_it.plot(range(1, len(iteration_loss) + 1), iteration_loss, lw=0.8)
     ax_it.set(xlabel="iteration", ylabel="loss", title="training loss per iteration")
     epochs = [h["epoch"] for h in history]
     tested = [h for h in history if h.get("test_loss") is not None]
-    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+    label = {"mse": "MSE"}.get(metric, metric)
+    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, metric, label)):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
         ax.plot(
             [h["epoch"] for h in tested],
@@ -38,10 +42,11 @@ def curves(history: list[dict], iteration_loss: list[float], path) -> None:
     _save(fig, path)
 
 
-def raster(records: dict, label: int, predicted: int, path) -> None:
+def raster(records: dict, sample: str, path) -> None:
     """One panel per spiking layer: neuron index against time step for one sample.
 
-    `records` maps layer name -> spike record [T, neurons...] of that sample.
+    `records` maps layer name -> spike record [T, neurons...] of that sample;
+    `sample` says what it is (its label and the prediction).
     """
     fig = Figure(figsize=(8, 2.2 * len(records) + 0.6), layout="constrained")
     axes = fig.subplots(len(records), 1, squeeze=False)[:, 0]
@@ -57,7 +62,5 @@ def raster(records: dict, label: int, predicted: int, path) -> None:
             title=f"{name}: {int(t.numel())} spikes, {spk.shape[1]} neurons",
         )
     axes[-1].set_xlabel("time step")
-    fig.suptitle(
-        f"spike raster of one test sample (label {label}, predicted {predicted})"
-    )
+    fig.suptitle(f"spike raster of one test sample ({sample})")
     _save(fig, path)
