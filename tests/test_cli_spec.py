@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import snncompile
 from snncompile.cli import main, schema_text
 from snncompile.spec.schema import Spec
 
@@ -78,7 +79,13 @@ def test_inspect_every_example_as_json(capsys):
     for path in SPECS:
         assert main(["inspect", "--json", str(path)]) == 0
         report = json.loads(capsys.readouterr().out)
-        assert report["layers"][-1]["output"] == [10]
+        graph = snncompile.analyze(snncompile.load(path))  # 10 classes, 20, 3 targets
+        assert report["layers"][-1]["output"] == [graph.num_classes]
+        assert graph.num_classes == (
+            10
+            if path.stem.startswith(("mnist", "fashion"))
+            else {"shd_alif": 20, "regression_li": 3}[path.stem]
+        )
 
 
 def test_inspect_broken_spec_exits_2(capsys):

@@ -150,7 +150,7 @@ def _evaluate_onnx(args: argparse.Namespace) -> dict:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .loop import describe, evaluate
+    from .loop import evaluate
 
     if args.onnx:
         result = _evaluate_onnx(args)
@@ -165,7 +165,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"test {describe(result)}")
+    if "test_accuracy" in result:
+        print(f"test accuracy: {result['test_accuracy']:.2%}")
+    else:
+        for key, label in (("mse", "MSE"), ("mae", "MAE"), ("r2", "R^2")):
+            value = result[f"test_{key}"]
+            shown = "-" if value is None else f"{value:.4g}"  # R^2 of constant targets
+            print(f"test {label}:{' ' * (9 - len(label))}{shown}")
     if result.get("test_loss") is not None:
         print(f"test loss:     {result['test_loss']:.4f}")
     rates = result.get("firing_rates") or {}
