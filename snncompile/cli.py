@@ -29,7 +29,11 @@ COMMANDS = {  # name -> (module, one-line help)
     ),
     "export": (
         "snncompile.export.command",
-        "export ONNX (sequence or step) and verify it",
+        "export ONNX (sequence or step) or NIR, and verify it",
+    ),
+    "import": (
+        "snncompile.export.nir",
+        "import a NIR graph as a spec and checkpoint",
     ),
     "bench": (
         "snncompile.benchmark",

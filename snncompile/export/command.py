@@ -1,10 +1,13 @@
-"""`snncompile export SPEC -o model.onnx [--checkpoint FILE] [--mode M] [--opset N] [--verify]`."""
+"""`snncompile export SPEC -o model.onnx [--checkpoint FILE] [--mode M] [--opset N] [--verify]`
+and `snncompile export SPEC -o model.nir [--checkpoint FILE] [--dt DT] [--approximate]
+[--verify]` (NIR: the format follows the extension, or `--format`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..spec.errors import UserError
 from .loop import UNROLL_STEPS
 from .onnx import (
     DEFAULT_OPSET,
@@ -15,11 +18,23 @@ from .onnx import (
     export_onnx,
 )
 
+FORMATS = ("onnx", "nir")
+
 
 def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="YAML or JSON spec file")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="FILE", help="ONNX file to write"
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="file to write: ONNX, or NIR for a .nir name",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="onnx or nir (default: nir for a .nir file name, else onnx)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -65,7 +80,21 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="compare onnxruntime with PyTorch at batch 1 and 7; exit 1 on a mismatch",
+        help="compare onnxruntime with PyTorch at batch 1 and 7 (NIR: a numpy "
+        "simulation of the written graph with snncompile); exit 1 on a mismatch",
+    )
+    parser.add_argument(
+        "--dt",
+        type=float,
+        default=None,
+        help="NIR: time step of the discretization, tau = dt / (1 - beta) "
+        "(default 1.0)",
+    )
+    parser.add_argument(
+        "--approximate",
+        action="store_true",
+        help="NIR: export what NIR can only approximate (subtract reset, rleaky, "
+        "synaptic, batch norm), each approximation listed",
     )
     parser.add_argument(
         "--seed",
@@ -76,7 +105,19 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def output_format(args: argparse.Namespace) -> str:
+    """The format asked for: --format, else from the output's extension."""
+    if args.format is not None:
+        return args.format
+    return "nir" if str(args.output).lower().endswith(".nir") else "onnx"
+
+
 def run_export(args: argparse.Namespace) -> int:
+    if output_format(args) == "nir":
+        return _run_nir(args)
+    for flag, value in (("--dt", args.dt), ("--approximate", args.approximate)):
+        if value not in (None, False):
+            raise UserError(f"{flag} applies to NIR export only (-o FILE.nir)")
     try:
         report = export_onnx(
             args.spec,
@@ -96,6 +137,38 @@ def run_export(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print("\n".join(describe(report)))
+    return status
+
+
+def _run_nir(args: argparse.Namespace) -> int:
+    from .nir import NIRVerificationError, describe_export, export_nir
+
+    onnx_only = {
+        "--mode": args.mode != "sequence",
+        "--loop/--unroll": args.loop is not None,
+        "--opset": args.opset is not None,
+        "--exporter": args.exporter != "torchscript",
+    }
+    for flag, given in onnx_only.items():
+        if given:
+            raise UserError(f"{flag} applies to ONNX export only, not NIR")
+    try:
+        report = export_nir(
+            args.spec,
+            args.output,
+            checkpoint=args.checkpoint,
+            dt=args.dt,
+            approximate=args.approximate,
+            verify=args.verify,
+            seed=args.seed,
+        )
+        status = 0
+    except NIRVerificationError as err:
+        report, status = err.report, 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(describe_export(report)))
     return status
 
 
