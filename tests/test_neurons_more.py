@@ -1,5 +1,5 @@
-"""The adaptive-threshold neurons (alif, ralif), the li readout as the output of
-classifiers, and the iand merge. (lapicque and li against snnTorch:
+"""The adaptive-threshold neurons (alif, ralif), cuba (NIR's CubaLIF), the li
+readout as the output of classifiers, and the iand merge. (lapicque and li against snnTorch:
 tests/test_parity_snntorch.py; every type's round trip: tests/test_conformance.py.)"""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from snncompile.runtime import neurons, surrogates
 from snncompile.train import loop
 from snncompile.types import REGISTRY
 
-NEW_NEURONS = ("lapicque", "li", "alif", "ralif")
+NEW_NEURONS = ("lapicque", "li", "alif", "ralif", "cuba")
 
 
 def spec_of(layers, shape=(6,), steps=6, **top):
@@ -248,6 +248,131 @@ def test_ralif_parameters_counted_and_built():
     assert type(net.r).__name__ == "ALIF" and net.r.recurrent is not None
     assert net.r.adapt.eq(1.8).all()  # the default adapt
     assert graph.node("r").states == ("spk", "a", "mem")
+
+
+# ------------------------------------------------------------------ cuba
+
+
+def cuba(shape=(1,), reset="zero", alpha=0.5, beta=0.5, **kwargs):
+    return neurons.Cuba(
+        shape,
+        alpha,
+        beta,
+        reset=reset,
+        surrogate=surrogates.ATan,
+        surrogate_args=(2.0,),
+        **kwargs,
+    )
+
+
+# worked by hand: alpha = beta = 1/2, threshold 1, current [1.5, 0, 0.25, 1, 0],
+# so syn = [1.5, 0.75, 0.625, 1.3125, 0.65625] (dyadic: exact in float32). Rows
+# (spk, mem) per step; mem is the membrane before the reset of its own step.
+CUBA_BY_HAND = {
+    "zero": [
+        (1, 1.5),
+        (0, 0.75),  # 1/2 * 0 (reset in step 0) + syn[1]: the current is kept
+        (0, 1.0),  # 0.375 + 0.625: at the threshold, not above
+        (1, 1.8125),
+        (0, 0.65625),
+    ],
+    "subtract": [
+        (1, 1.5),
+        (0, 1.0),  # 1/2 * (1.5 - 1) + 0.75
+        (1, 1.125),
+        (1, 1.375),  # 1/2 * (1.125 - 1) + 1.3125
+        (0, 0.84375),  # 1/2 * (1.375 - 1) + 0.65625
+    ],
+    "none": [(1, 1.5), (1, 1.5), (1, 1.375), (1, 2.0), (1, 1.65625)],
+}
+
+
+@pytest.mark.parametrize("reset", list(CUBA_BY_HAND))
+def test_cuba_by_hand(reset):
+    """The hand-worked table exactly, the current state too; snnTorch's
+    Synaptic (late reset) differs where cuba fired the step before."""
+    cur = torch.tensor([1.5, 0.0, 0.25, 1.0, 0.0]).view(-1, 1, 1)
+    neuron = cuba(reset=reset)
+    state = neuron.init_state(cur[0])
+    syns = []
+    for cur_t in cur:
+        _, state = neuron.step(cur_t, state)
+        syns.append(state[0])
+    assert torch.equal(
+        torch.stack(syns).flatten(), torch.tensor([1.5, 0.75, 0.625, 1.3125, 0.65625])
+    )
+    spk, mem = neuron(cur)
+    table = torch.tensor(CUBA_BY_HAND[reset])
+    assert torch.equal(torch.stack([spk.flatten(), mem.flatten()], 1), table)
+    if reset == "zero":
+        late = neurons.Synaptic((1,), 0.5, 0.5, reset="zero")
+        assert late(cur)[1][1].item() == 0.0  # Synaptic zeroes all of step 1
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract", "none"])
+def test_cuba_is_the_same_step_reset(reset):
+    """Written as NIR states it (v from the membrane after the previous step's
+    reset, the reset applied where v fires), with learnable per-neuron alpha,
+    beta and threshold (float64): the same spikes, mem = v, and the same
+    gradients of every parameter and the input."""
+    torch.manual_seed(1)
+    shape = (5,)
+    neuron = neurons.Cuba(
+        shape,
+        0.7,
+        0.85,
+        reset=reset,
+        learn_alpha=True,
+        learn_beta=True,
+        learn_threshold=True,
+        per_neuron=True,
+        surrogate=surrogates.FastSigmoid,
+        surrogate_args=(5.0,),
+    ).double()
+    cur = (0.3 + 0.4 * torch.randn(20, 3, *shape, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(20, 3, *shape, dtype=torch.float64)
+
+    def loss(spk, mem):
+        return (spk * weights).sum() + (mem * weights).square().sum()
+
+    spk, mem = neuron(cur)
+    if reset != "none":
+        assert 0.05 < spk.mean() < 0.95
+    params = [neuron.alpha, neuron.beta, neuron.threshold]
+    ours = torch.autograd.grad(loss(spk, mem), [cur, *params])
+
+    a, b = neuron.alpha.clamp(0, 1), neuron.beta.clamp(0, 1)
+    thr = neuron.threshold
+    syn, after = (torch.zeros(3, *shape, dtype=torch.float64) for _ in range(2))
+    spks, vs = [], []
+    for cur_t in cur:
+        syn = a * syn + cur_t
+        v = b * after + syn
+        s = surrogates.FastSigmoid.apply(v - thr, 5.0)
+        fired = (v > thr).double()  # detached, as S's forward
+        if reset == "zero":
+            after = v * (1 - fired)
+        elif reset == "subtract":
+            after = v - fired * thr
+        else:
+            after = v
+        spks.append(s)
+        vs.append(v)
+    assert torch.equal(spk, torch.stack(spks)) and torch.equal(mem, torch.stack(vs))
+    ref = torch.autograd.grad(loss(torch.stack(spks), torch.stack(vs)), [cur, *params])
+    for g_ours, g_ref in zip(ours, ref):
+        assert g_ref.abs().sum() > 0
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cuba_without_current_decay_is_leaky():
+    """alpha 0 and zero reset: leaky's dynamics, the same values."""
+    cur = 0.6 * torch.rand(30, 4, 7, generator=torch.Generator().manual_seed(2))
+    leaky = neurons.Leaky((7,), 0.8, reset="zero", threshold=0.5)
+    spk, mem = cuba((7,), alpha=0.0, beta=0.8, threshold=0.5)(cur)
+    assert spk.sum() > 10
+    expected = leaky(cur)
+    assert torch.equal(spk, expected[0]) and torch.equal(mem, expected[1])
 
 
 # ------------------------------------------------------------------ li readout

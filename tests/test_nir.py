@@ -18,7 +18,7 @@ import torch
 import snncompile
 from snncompile.cli import main
 from snncompile.export.nir import export_nir, import_nir, read_nir
-from snncompile.export.nir_sim import simulate
+from snncompile.export.nir_sim import kind, simulate
 from snncompile.lower import checkpoint as ckpt
 from snncompile.spec.errors import UserError
 
@@ -267,41 +267,115 @@ def test_snntorch_style_affine_lif(tmp_path):
         import_nir(tmp_path / "foreign.nir", tmp_path / "x.yaml")
 
 
+def cuba(n, tau_syn, tau_mem, thr, r=None, w_in=None, dt=1.0, dtype=np.float64):
+    """A CubaLIF node; r and w_in default to snnTorch's tau_mem/dt, tau_syn/dt."""
+
+    def full(value):
+        return np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy()
+
+    tau_syn, tau_mem = full(tau_syn), full(tau_mem)
+    return nir.CubaLIF(
+        tau_syn=tau_syn,
+        tau_mem=tau_mem,
+        r=tau_mem / dtype(dt) if r is None else full(r),
+        v_leak=full(0.0),
+        v_threshold=full(thr),
+        v_reset=full(0.0),
+        w_in=tau_syn / dtype(dt) if w_in is None else full(w_in),
+    )
+
+
 def test_linear_cubalif(tmp_path):
+    """Linear + CubaLIF as Norse writes it (r = 1, w_in = 1, per-neuron time
+    constants, dt 1e-3), two layers: imported as cuba, exact, the same spikes
+    as the reference over 60 steps and the same membranes."""
     gen = np.random.default_rng(2)
+    dt = 1e-3
+    g = graph(
+        {
+            "lin1": affine(gen, 12, 10, 12.0, bias=False),
+            "cuba1": cuba(12, dt * gen.uniform(1.5, 6, 12), dt * 8, 0.3, 1, 1, dt),
+            "lin2": affine(gen, 5, 12, 12.0, bias=False),
+            "cuba2": cuba(5, dt * 3, dt * gen.uniform(2, 10, 5), 0.2, 1, 1, dt),
+        },
+        [("input", "lin1"), ("lin1", "cuba1"), ("cuba1", "lin2"), ("lin2", "cuba2")],
+        [10],
+    )
+    report, spk, mem, record, ref = check_foreign(tmp_path, g, dt=dt)
+    assert report["exact"] and not report["approximations"]
+    layers = snncompile.load(tmp_path / "f.yaml").layers
+    assert [layer.type for layer in layers] == ["linear", "cuba", "linear", "cuba"]
+    assert layers[1].reset == "zero" and layers[1].per_neuron
+    assert same_spikes(record, ref, {"cuba1": "cuba1", "cuba2": "cuba2"}) > 50
+    # the reset in the step that fires keeps the next step's current: spikes in
+    # consecutive steps, which synaptic's late zero reset never gives
+    hidden = ref.out["cuba1"]
+    assert (hidden[1:] * hidden[:-1]).sum() > 10
+    np.testing.assert_array_equal(spk, ref.output)
+    # (folded gains round the float32 weights: 1e-7 relative)
+    np.testing.assert_allclose(mem, ref.v["cuba2"], rtol=1e-6, atol=1e-6)
+    verified = import_nir(
+        tmp_path / "foreign.nir", tmp_path / "v.yaml", dt=dt, verify=True
+    )
+    assert verified["verification"]["passed"], verified["verification"]
+
+
+def test_snntorch_style_affine_cubalif(tmp_path):
+    """Affine + CubaLIF as snnTorch writes its Synaptic (dt 1e-4, r = tau_mem/dt,
+    w_in = tau_syn/dt, float32 one-element parameters); tau_syn = dt is a LIF."""
+    gen = np.random.default_rng(12)
+    dt = 1e-4
     n = 6
 
-    def cuba(tau_syn):
-        return nir.CubaLIF(
-            tau_syn=np.full(n, tau_syn),
-            tau_mem=np.full(n, 4.0),
-            r=np.full(n, 1.5),
-            v_leak=np.zeros(n),
-            v_threshold=np.full(n, 0.6),
-            w_in=np.full(n, 0.8),
-        )
-
-    def net(tau_syn):
+    def net(alpha):
+        tau_syn = np.float32(dt / (1 - alpha))
+        tau_mem = np.float32(dt / (1 - 0.75))
         return graph(
-            {"lin": affine(gen, n, 10, 0.7, bias=False), "cuba": cuba(tau_syn)},
+            {
+                "lin": affine(gen, n, 10, 0.5),
+                "cuba": cuba(1, tau_syn, tau_mem, 0.6, dt=dt, dtype=np.float32),
+            },
             [("input", "lin"), ("lin", "cuba")],
             [10],
         )
 
-    with pytest.raises(UserError, match=r"node 'cuba' \(CubaLIF\).*--approximate"):
-        check_foreign(tmp_path, net(2.0))
-    report, _, mem, record, ref = check_foreign(tmp_path, net(2.0), approximate=True)
-    assert not report["exact"] and "one step late" in report["approximations"][0]
-    # the same dynamics until a neuron's first spike (then snnTorch's late reset)
-    first = np.cumsum(np.cumsum(ref.output, axis=0), axis=0) <= 1
-    # (folded gains round the float32 weights: 1e-7 relative)
-    np.testing.assert_allclose(mem[first], ref.v["cuba"][first], rtol=1e-6, atol=1e-7)
-    assert ref.output.sum() > 0
-    # tau_syn = dt: the current is this step's input, a LIF, exact
-    report, _, mem, record, ref = check_foreign(tmp_path, net(1.0))
+    report, _, mem, record, ref = check_foreign(tmp_path, net(0.8), dt=dt)
     assert report["exact"]
+    assert snncompile.load(tmp_path / "f.yaml").layers[1].type == "cuba"
+    assert same_spikes(record, ref, {"cuba": "cuba"}) > 20
+    np.testing.assert_allclose(mem, ref.v["cuba"], rtol=1e-6, atol=1e-6)
+    # tau_syn = dt: the current is this step's input, a LIF (leaky), exact
+    report, _, mem, record, ref = check_foreign(tmp_path, net(0.0), dt=dt)
+    assert report["exact"]
+    assert snncompile.load(tmp_path / "f.yaml").layers[1].type == "leaky"
     assert same_spikes(record, ref, {"cuba": "cuba"}) > 5
-    np.testing.assert_allclose(mem, ref.v["cuba"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mem, ref.v["cuba"], rtol=1e-6, atol=1e-6)
+
+
+def test_round_trip_cuba(tmp_path):
+    """cuba (zero reset) is CubaLIF exactly; synaptic stays the approximation."""
+    text = """
+defaults: {alpha: 0.7, beta: 0.85, threshold: 0.5, reset: zero}
+layers:
+  - {type: linear, name: fc1, out_features: 12}
+  - {type: cuba, name: cuba1}
+  - {type: linear, name: fc2, out_features: 4}
+  - {type: cuba, name: out, alpha: 0.0, per_neuron: true}
+decoding: {type: rate}
+loss: {type: ce_rate}
+"""
+    report, back = round_trip(tmp_path, spec_text(text, steps=50))
+    assert back["exact"] and report["verification"]["reference_spikes"] > 0
+    written = nir.read(tmp_path / "model.nir")
+    assert kind(written.nodes["cuba1"]) == kind(written.nodes["out"]) == "CubaLIF"
+    synaptic = text.replace("type: cuba, name: cuba1", "type: synaptic, name: cuba1")
+    (tmp_path / "syn.yaml").write_text(spec_text(synaptic))
+    with pytest.raises(UserError, match=r"layer cuba1 \(synaptic\).*one step late"):
+        export_nir(tmp_path / "syn.yaml", tmp_path / "syn.nir")
+    subtract = text.replace("reset: zero}", "reset: subtract}")
+    (tmp_path / "sub.yaml").write_text(spec_text(subtract))
+    with pytest.raises(UserError, match=r"layer cuba1 \(cuba\): reset subtract"):
+        export_nir(tmp_path / "sub.yaml", tmp_path / "sub.nir")
 
 
 def test_conv_sumpool_flatten_lif(tmp_path):

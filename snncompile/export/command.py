@@ -93,8 +93,8 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--approximate",
         action="store_true",
-        help="NIR: export what NIR can only approximate (subtract reset, rleaky, "
-        "synaptic, batch norm), each approximation listed",
+        help="NIR: export what NIR can only approximate (subtract or no reset, "
+        "rleaky, synaptic, padded average pooling, batch norm), each listed",
     )
     parser.add_argument(
         "--seed",

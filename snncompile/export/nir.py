@@ -26,15 +26,20 @@ mem[t] = beta * (1 - reset[t]) * mem[t-1] + I[t] with reset[t] = spk[t-1], is
 v_reset = 0 applied at the firing step: snncompile's `mem` is v before the
 reset. So `leaky` and `if` with `reset: zero` are exact (IF: r = 1 / dt), and so
 are `li` (LI; beta 1: I) and `alif`/`ralif` with `adapt: 0` and zero reset
-(ralif's feedback is a cycle LIF -> Affine -> LIF).
+(ralif's feedback is a cycle LIF -> Affine -> LIF). Likewise `cuba` with zero
+reset is CubaLIF with tau_syn = dt / (1 - alpha), tau_mem = dt / (1 - beta),
+w_in = tau_syn / dt, r = tau_mem / dt: then NIR's current is cuba's syn[t] =
+alpha syn[t-1] + x[t], and its v is cuba's mem[t] = beta (1 - reset[t])
+mem[t-1] + syn[t], the membrane before the reset, which acts in the step that
+fires. (`leaky` with zero reset is `cuba` with alpha 0: tau_syn = dt.)
 
 Not exact, refused unless `--approximate` (one line naming the layer):
 - `reset: subtract` or `none` (NIR's LIF resets to v_reset): exported as zero reset;
 - `rleaky` and `synaptic` with any reset: snnTorch's RLeaky and Synaptic reset
   to zero one step late (reset[t] = spk[t-1] zeroes the whole update of step
   t, input included), which NIR's LIF and CubaLIF do not; exported as a LIF
-  with a recurrent Affine cycle, and as a CubaLIF (tau_syn = dt / (1 - alpha),
-  w_in = tau_syn / dt), in NIR's semantics;
+  with a recurrent Affine cycle, and as a CubaLIF (as `cuba` above), in NIR's
+  semantics (`cuba` and `ralif` with adapt 0 are the exact forms);
 - avgpool2d with padding (NIR leaves the divisor open): exported as AvgPool2d;
   the reference averages over the whole window (PyTorch's count_include_pad);
 - batch norm (no NIR node): folded with its running statistics into the linear
@@ -59,10 +64,12 @@ dt/tau * v_leak of that layer (or of the recurrent Affine). A LIF with a
 recurrent Affine or Linear becomes `ralif` with `adapt: 0` (snncompile's
 rleaky resets late, see above). The input shape comes from the Input node;
 the spec's input is `spikes` (the graph's input at each step, used as is).
-CubaLIF is imported as `synaptic` (reset zero) only with `--approximate`,
-except with tau_syn = dt, where it is a LIF. Threshold, Delay and CubaLI
-nodes, hidden LI/I nodes, v_reset != 0, tau < dt and anything else
-snncompile cannot represent are refused with the node's name and type.
+CubaLIF is imported as `cuba` (reset zero), exactly: r * dt/tau_mem *
+w_in * dt/tau_syn folded into the layer before it; with tau_syn = dt, as
+`leaky` (the same dynamics). Threshold, Delay and CubaLI nodes, hidden LI/I
+nodes, v_reset != 0, a CubaLIF's v_leak != 0, a CubaLIF in a cycle, tau < dt
+(beyond float32 rounding: a tau that rounds dt counts as dt) and anything
+else snncompile cannot represent are refused with the node's name and type.
 """
 
 from __future__ import annotations
@@ -92,7 +99,8 @@ META = "snncompile"
 DEFAULT_DT = 1.0
 DEFAULT_STEPS = 50  # an imported graph without snncompile metadata
 ONE = 1e-9  # a gain within this of 1 (a bias within this of 0) is exactly that
-SPIKING_TYPES = ("leaky", "if", "alif", "ralif", "rleaky", "synaptic")
+FLOAT32 = 1e-6  # relative rounding of a float32 parameter (tau of dt)
+SPIKING_TYPES = ("leaky", "if", "alif", "ralif", "rleaky", "synaptic", "cuba")
 
 
 def _nir():
@@ -355,10 +363,10 @@ class _Exporter:
     def neuron(self, node, srcs: list[str]) -> None:
         nir = _nir()
         t, p, shape = node.type, node.params, node.out_shape
-        if t not in ("leaky", "if", "alif", "ralif", "rleaky", "synaptic", "li"):
+        if t not in (*SPIKING_TYPES, "li"):
             self.refuse(
                 node,
-                "no NIR neuron has these dynamics (exported: leaky, if, li, "
+                "no NIR neuron has these dynamics (exported: leaky, if, li, cuba, "
                 "synaptic, rleaky, alif/ralif with adapt 0)",
             )
         consts = self.constants(node)
@@ -394,7 +402,7 @@ class _Exporter:
         thr = _array(consts["threshold"], shape) if t != "li" else None
         beta = np.ones(shape) if t == "if" else _array(consts["beta"], shape)
         zeros = np.zeros(shape)
-        if t == "synaptic":
+        if t in ("synaptic", "cuba"):
             alpha = _array(consts["alpha"], shape)
             if (alpha >= 1).any() or (beta >= 1).any():
                 self.refuse(node, "alpha or beta 1: CubaLIF would need infinite tau")
@@ -675,13 +683,6 @@ class _Importer:
     def refuse(self, name: str, reason: str):
         raise UserError(f"{self.where(name)}: {reason}")
 
-    def inexact(self, name: str, reason: str, instead: str) -> None:
-        if not self.approximate:
-            raise UserError(
-                f"{self.where(name)}: {reason}; pass --approximate to import {instead}"
-            )
-        self.approximations.append(f"{self.where(name)}: {reason}; imported {instead}")
-
     # ---------------------------------------------------------------- structure
     def find_recurrence(self) -> None:
         s = self.s
@@ -934,14 +935,14 @@ class _Importer:
             if np.any(arr("v_leak") != 0):
                 self.refuse(name, "v_leak != 0 of a CubaLIF has no exact form")
             mult = (dt / tau_mem) * arr("r") * (dt / tau_syn) * arr("w_in")
-            if not np.all(alpha == 0):  # (tau_syn = dt: a LIF, exact)
+            if not np.all(alpha == 0):  # (else tau_syn = dt: leaky, the same)
                 consts["alpha"] = alpha
         consts["beta"] = beta
         rec = self.recurrence.get(name)
         if k in ANALOG:
             typ = "li"
         elif "alpha" in consts:
-            typ = "synaptic"
+            typ = "cuba"
         elif rec is not None:
             typ = "ralif"
         elif k == "IF":
@@ -963,13 +964,6 @@ class _Importer:
             tensors["recurrent.linear.bias"] = mult * bias + add
             add = np.zeros(shape)
         own = self.own_neuron(name, meta, typ, consts, mult_in, add, shape)
-        if own is None and typ == "synaptic":
-            self.inexact(
-                name,
-                "snncompile's synaptic neuron (snnTorch's Synaptic) resets one "
-                "step late, NIR's CubaLIF does not",
-                "as synaptic with reset zero",
-            )
         if own is not None:
             typ, fields, exact = own
             if (fields.get("recurrence") or {}).get("type") == "one_to_one":
@@ -988,13 +982,15 @@ class _Importer:
         self.names[name] = layer.name
 
     def decay(self, name: str, tau: np.ndarray, what: str) -> np.ndarray:
-        if np.any(~(tau >= self.dt)):
+        """1 - dt/tau; a tau within float32 rounding below dt (snnTorch writes
+        dt / (1 - 0) in float32) is dt: decay 0."""
+        if np.any(~(tau >= self.dt * (1 - FLOAT32))):
             self.refuse(
                 name,
                 f"{what} below dt {self.dt:g}: forward Euler overshoots (beta < 0); "
                 "pass a smaller --dt",
             )
-        return 1 - self.dt / tau
+        return np.maximum(1 - self.dt / tau, 0.0)
 
     def neuron_fields(self, typ, consts, tensors, shape) -> dict:
         """Spec fields of an imported neuron; per_neuron where a constant varies."""
@@ -1578,7 +1574,8 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--approximate",
         action="store_true",
-        help="import nodes snncompile can only approximate (CubaLIF), with notes",
+        help="import nodes snncompile can only approximate, with notes (none at "
+        "present: every node it imports is exact)",
     )
     parser.add_argument(
         "--verify",

@@ -142,6 +142,46 @@ class Synaptic(SpikingNeuron):
         return self.fire(mem), (syn, mem)
 
 
+class Cuba(SpikingNeuron):
+    """Current-based LIF that resets in the step it fires (NIR's CubaLIF under
+    snncompile's forward Euler, see snncompile/export/nir.py), a = clamp(alpha),
+    b = clamp(beta):
+
+    syn[t] = a * syn[t-1] + I[t]
+    subtract: mem[t] = b * (mem[t-1] - reset[t] * threshold) + syn[t]
+    zero:     mem[t] = b * ((1 - reset[t]) * mem[t-1]) + syn[t]
+    none:     mem[t] = b * mem[t-1] + syn[t]
+
+    with reset[t] = spk[t-1], detached, as every neuron's. `mem` is the membrane
+    before its reset (NIR's v, the value that fires: spk[t] = S(mem[t] -
+    threshold)); the membrane after the reset, the one carried on, is
+    (1 - spk[t]) * mem[t] (zero) or mem[t] - spk[t] * threshold (subtract), so
+    the reset acts in the step that fires and the next step's input and current
+    are kept. Unlike Synaptic, whose reset zeroes the whole next update
+    (snnTorch's, one step late), only the old membrane is reset; and a
+    subtracted threshold decays with it. With a = 0 and zero reset it is Leaky.
+    """
+
+    state_names = ("syn", "mem")
+
+    def __init__(self, shape, alpha, beta, learn_alpha=False, **kwargs):
+        super().__init__(shape, beta, **kwargs)
+        self.constant("alpha", alpha, learn_alpha)
+
+    def step(self, cur, state):
+        syn, mem = state
+        reset = self.reset_signal(mem)
+        syn = self.alpha.clamp(0, 1) * syn + cur
+        beta = self.beta.clamp(0, 1)
+        if self.reset_mode == "subtract":
+            mem = beta * (mem - reset * self.threshold) + syn
+        elif self.reset_mode == "zero":
+            mem = beta * ((1 - reset) * mem) + syn
+        else:
+            mem = beta * mem + syn
+        return self.fire(mem), (syn, mem)
+
+
 class Alpha(SpikingNeuron):
     """Alpha neuron (snnTorch Alpha), a = clamp(alpha), b = clamp(beta), a > b:
 

@@ -284,6 +284,23 @@ class SynapticType(NeuronType):
 
 
 @register
+class CubaType(NeuronType):
+    class Cuba(LayerBase, SynapticFields):
+        type: Literal["cuba"] = Field(
+            description="Current-based LIF that resets in the step it fires "
+            "(NIR's CubaLIF): syn[t] = alpha syn[t-1] + I[t], mem[t] = beta "
+            "mem'[t-1] + syn[t], mem' the membrane after its reset."
+        )
+
+    schema = Cuba
+    type = "cuba"
+    prefix = "cuba"
+    states = ("syn", "mem")
+    runtime_class = "Cuba"
+    example = ({"type": "cuba", "alpha": 0.8, "beta": 0.9, "reset": "zero"},)
+
+
+@register
 class AlphaType(NeuronType):
     class Alpha(LayerBase, SynapticFields):
         type: Literal["alpha"] = Field(
