@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..lower import optimize
 from ..spec.errors import UserError
@@ -69,9 +70,78 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "--limit-test", type=_positive, metavar="N", help="first N test samples"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--nproc",
+        type=_positive,
+        metavar="N",
+        help="data-parallel training in N processes on this machine (torchrun's "
+        "launcher; train.batch_size is the global batch, split among them). "
+        "Several machines: torchrun ... -m snncompile train SPEC",
+    )
+    parser.add_argument(
+        "--threads-per-rank",
+        type=_positive,
+        metavar="T",
+        help="torch threads of each process (default with several processes: "
+        "this machine's cores divided among them; one process: torch's default)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    if args.nproc and args.nproc > 1:
+        if distributed.is_worker():
+            raise UserError(
+                "--nproc starts the processes itself: leave it out under torchrun"
+            )
+        return _launch(args)
+    if not distributed.is_worker():
+        return _train(args)
+    rank = distributed.environment()[0]
+    try:
+        code = _train(args, rank)
+        distributed.leave()  # every rank is done (train() ends on a barrier)
+        return code
+    except UserError as err:  # every rank has it (most likely): said once
+        distributed.record_error(err)  # for torchrun's report (--nproc prints it)
+        if distributed.under_launcher():
+            return 2
+        if rank == 0 or isinstance(err, distributed.PeerLost):
+            raise
+        return 2
+    except KeyboardInterrupt:  # rank 0 has said where it saved
+        if rank == 0 and not distributed.under_launcher():
+            raise
+        return 130
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`--nproc N`: the same command in N processes under torchrun's launcher."""
+    from ..spec.load import as_spec
+    from . import distributed
+    from .loop import _run_dir
+
+    if args.resume is not None:  # the checkpoint holds the run's spec
+        from ..lower import checkpoint as ckpt
+        from ..spec.load import loads
+
+        payload = ckpt.load(args.resume)
+        batch_size = loads(payload["spec"], fmt="json").train.batch_size
+        run_dir = args.out or args.resume
+    else:
+        spec = as_spec(args.spec)
+        batch_size = spec.train.batch_size
+        run_dir = args.out or _run_dir(None, None, spec.name)  # the ranks share it
+    distributed.check_world(batch_size, args.nproc)
+    args.out = str(run_dir)
+    parser = argparse.ArgumentParser()
+    configure_train(parser)
+    argv = distributed.worker_argv(args, parser)
+    return distributed.launch(args.nproc, argv, Path(run_dir), args.spec)
+
+
+def _train(args: argparse.Namespace, rank: int = 0) -> int:
     from ..lower.optimize import tune_allocator
     from .loop import describe, train
 
@@ -88,14 +158,20 @@ def run_train(args: argparse.Namespace) -> int:
         limit_test=args.limit_test,
         progress=not args.quiet,
         download=not args.no_download,
+        threads_per_rank=args.threads_per_rank,
     )
+    if rank != 0:  # rank 0 reports
+        return 0
     if metrics["compile_seconds"] is not None:
         print(compile_summary(metrics))
     seconds = sum(h["seconds"] for h in metrics["history"])
+    where = metrics["device"]
+    if metrics.get("world_size", 1) > 1:
+        where = f"{metrics['world_size']} processes, {where}"
     print(
         f"{metrics['name']}: test {describe(metrics)}, "
         f"test loss {metrics['test_loss']:.4f} after {metrics['epochs']} epoch(s) "
-        f"({seconds:.1f} s training on {metrics['device']})"
+        f"({seconds:.1f} s training on {where})"
     )
     print(f"run directory: {metrics['run_dir']}")
     return 0

@@ -98,18 +98,39 @@ class Split:
                 x = torch.bernoulli(x.clamp(0, 1))
         return x, self.labels[index]
 
-    def batches(self, batch_size: int, order=None, drop_last=False, skip=0):
+    def batches(
+        self, batch_size: int, order=None, drop_last=False, skip=0, rank=0, world=1
+    ):
         """Yield (x, y) over the split, in `order` (a permutation) if given,
-        leaving out the first `skip` batches."""
+        leaving out the first `skip` batches. With `world` > 1 processes, each
+        batch of `batch_size` (a global batch) is divided among them and this
+        yields process `rank`'s part of it (`shard`; it may be empty when a
+        last partial batch has fewer samples than processes)."""
         stop = len(self) - len(self) % batch_size if drop_last else len(self)
         for start in range(skip * batch_size, stop, batch_size):
             end = min(start + batch_size, len(self))
+            if world > 1:
+                start, end = shard(start, end, rank, world)
             yield self.batch(slice(start, end) if order is None else order[start:end])
+
+    def batch_size_at(self, step: int, batch_size: int, drop_last=False) -> int:
+        """The size of global batch `step` (1-based) of an epoch."""
+        stop = len(self) - len(self) % batch_size if drop_last else len(self)
+        return max(0, min(batch_size, stop - (step - 1) * batch_size))
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         if drop_last:
             return len(self) // batch_size
         return math.ceil(len(self) / batch_size)
+
+
+def shard(start: int, end: int, rank: int, world: int) -> tuple[int, int]:
+    """Process `rank`'s part [lo, hi) of the global batch [start, end) among
+    `world` processes: consecutive parts in rank order, their sizes as even as
+    possible (the first ones one larger; torch.tensor_split's rule)."""
+    size, extra = divmod(end - start, world)
+    lo = start + rank * size + min(rank, extra)
+    return lo, lo + size + (rank < extra)
 
 
 def _missing_message(name: str, root: Path, reason: str) -> str:

@@ -10,6 +10,18 @@ the RNG state), which resumes exactly as well; a second Ctrl-C aborts at once.
 
 No host synchronization per iteration: losses and correct counts stay tensors;
 the progress bar reads them every PROGRESS_EVERY iterations.
+
+Several processes (torchrun, or `--nproc`; distributed.py): every rank runs
+train(); the epoch's permutation is the one above, each global batch of
+train.batch_size is divided among the ranks, DistributedDataParallel averages
+their gradients (each rank's loss weighted by its share of the batch), so N
+ranks compute what one process does up to float summation order. Losses and
+scores are summed over the ranks once per epoch (and at a Ctrl-C, which the
+ranks agree on every iteration: one flag, reduced). Each rank draws its own
+random numbers (rate encodings, dropout; rank 0 those of one process); a
+mid-epoch checkpoint keeps every rank's state, so a resume with as many ranks
+is exact, and with another number only the rest of that epoch draws others.
+Rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -34,8 +46,8 @@ from ..runtime import losses
 from ..spec.errors import UserError
 from ..spec.load import as_spec, loads
 from ..spec.schema import Spec
-from . import plots
-from .data import load_split
+from . import distributed, plots
+from .data import load_split, shard
 
 PROGRESS_EVERY = 20
 RESUME_KEYS = ("optimizer", "scheduler", "step", "rng", "partial", "history")
@@ -190,19 +202,26 @@ def describe(result: dict, prefix: str = "test") -> str:
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def run_evaluation(model, split, graph, batch_size: int, seed: int, device) -> dict:
+def run_evaluation(
+    model, split, graph, batch_size: int, seed: int, device, ctx=distributed.SINGLE
+) -> dict:
     """Test loss, the task's metrics and per-layer firing rates of `model` on
-    `split`."""
+    `split`; with several ranks (`ctx`), each evaluates its part of every batch
+    and the sums are reduced over the ranks."""
     training = model.training
     model.eval()
     loss_of, _ = make_loss(graph)
     total_loss = torch.zeros((), device=device)
     score = Score(graph, device)
     spikes, counts = {}, {}
+    lo, hi = shard(0, batch_size, ctx.rank, ctx.world)  # a full batch's part
     with _fork_rng(device):
-        torch.manual_seed(seed)  # the same rate-coded test inputs every time
-        for x, y in split.batches(batch_size):
-            with optimize.batch_runner(model, y.shape[0] != batch_size) as run:
+        # the same rate-coded test inputs every time
+        torch.manual_seed(distributed.rank_seed(seed, ctx.rank))
+        for x, y in split.batches(batch_size, rank=ctx.rank, world=ctx.world):
+            if y.shape[0] == 0:  # a last batch with fewer samples than ranks
+                continue
+            with optimize.batch_runner(model, y.shape[0] != hi - lo) as run:
                 spk, mem, records = run(x, all_spikes=True)
             total_loss += loss_of(spk, mem, y, records) * y.shape[0]
             score.add(spk, mem, y)
@@ -211,10 +230,20 @@ def run_evaluation(model, split, graph, batch_size: int, seed: int, device) -> d
                 counts[name] = counts.get(name, 0) + record.numel()
     model.train(training)
     n = len(split)
+    rates = {k: spikes[k].item() / counts[k] for k in spikes}
+    if ctx.active:
+        ctx.all_reduce(total_loss)
+        ctx.all_reduce(score.total)
+        totals = {}
+        for part in ctx.gather({k: (spikes[k].item(), counts[k]) for k in spikes}):
+            for name, (fired, count) in part.items():
+                old = totals.get(name, (0.0, 0))
+                totals[name] = (old[0] + fired, old[1] + count)
+        rates = {k: fired / count for k, (fired, count) in totals.items()}
     return {
         "test_loss": total_loss.item() / n,
         **{f"test_{k}": v for k, v in score.result(n).items()},
-        "firing_rates": {k: spikes[k].item() / counts[k] for k in spikes},
+        "firing_rates": rates,
         "test_samples": n,
     }
 
@@ -267,17 +296,20 @@ def _normalize(spec: Spec):
 class DeferredInterrupt:
     """First Ctrl-C sets `.requested` (the loop stops at a safe point); second aborts."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.requested = False
+        self.announce = announce  # say so (one rank of several: rank 0 says it)
         self._previous = None
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(
-            "\nstopping after this iteration (Ctrl-C again to abort)", file=sys.stderr
-        )
+        if self.announce:
+            print(
+                "\nstopping after this iteration (Ctrl-C again to abort)",
+                file=sys.stderr,
+            )
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -336,18 +368,69 @@ def train(
     progress=True,
     download=True,
     on_iteration=None,
+    threads_per_rank=None,
 ) -> dict:
     """Train a spec and write a run directory; returns the metrics (metrics.json).
 
     `on_iteration(epoch, iteration)` is called after every optimizer step.
+    In a process that torchrun started (WORLD_SIZE > 1) this is one rank of a
+    data-parallel run (distributed.py): every rank calls train() alike; rank 0
+    writes the run directory. `threads_per_rank`: torch threads of each rank
+    (default: the machine's cores divided among its ranks; one process:
+    unchanged unless given).
     """
+    ctx = distributed.setup(threads_per_rank)
+    try:
+        metrics = _train(
+            ctx,
+            spec,
+            data_root,
+            out,
+            epochs,
+            seed,
+            resume,
+            compile,
+            limit_train,
+            limit_test,
+            progress,
+            download,
+            on_iteration,
+        )
+    except Exception as err:
+        if ctx.active and distributed.is_peer_error(err):
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise distributed.PeerLost(
+                f"rank {ctx.rank} of {ctx.world}: lost contact with the other "
+                f"ranks ({first}); the run stopped"
+            ) from None
+        raise
+    ctx.close()
+    return metrics
+
+
+def _train(
+    ctx,
+    spec,
+    data_root,
+    out,
+    epochs,
+    seed,
+    resume,
+    compile,
+    limit_train,
+    limit_test,
+    progress,
+    download,
+    on_iteration,
+) -> dict:
     from .. import build
 
     spec = as_spec(spec)
     payload = None
     if resume is not None:
         where = str(Path(resume) / "checkpoint.pt")
-        payload = ckpt.load(Path(resume) / "checkpoint.pt")
+        # rank 0 reads it; the other machines need no copy
+        payload = ctx.share(lambda: ckpt.load(Path(resume) / "checkpoint.pt"))
         spec = _resume_spec(payload, spec, where, epochs, seed, limit_train, limit_test)
         missing = [k for k in RESUME_KEYS if k not in payload]
         if missing:
@@ -368,12 +451,14 @@ def train(
             limit_test=limit_test,
         )
     cfg = spec.train
-    device = pick_device(cfg.device)
+    distributed.check_world(cfg.batch_size, ctx.world)
+    device = distributed.device_for(pick_device(cfg.device), ctx)
     net = build(spec, seed=cfg.seed).to(device)
     graph = net.graph
     data = {"root": data_root, "normalize": _normalize(spec), "download": download}
-    train_split = load_split(graph, True, limit=cfg.limit_train, **data).to(device)
-    test_split = load_split(graph, False, limit=cfg.limit_test, **data).to(device)
+    with ctx.local_first():  # one download per machine
+        train_split = load_split(graph, True, limit=cfg.limit_train, **data).to(device)
+        test_split = load_split(graph, False, limit=cfg.limit_test, **data).to(device)
     per_epoch = train_split.num_batches(cfg.batch_size, cfg.drop_last)
     if per_epoch == 0:
         raise UserError(
@@ -384,12 +469,13 @@ def train(
     scheduler = make_scheduler(optimizer, spec, per_epoch, per_epoch * cfg.epochs)
     metric_keys = METRICS[graph.task]
 
-    run_dir = _run_dir(out, resume, spec.name)
-    (run_dir / "spec.yaml").write_text(
-        yaml.safe_dump(
-            json.loads(graph.spec_json), sort_keys=False, default_flow_style=None
+    run_dir = ctx.share(lambda: _run_dir(out, resume, spec.name))
+    if ctx.main:
+        (run_dir / "spec.yaml").write_text(
+            yaml.safe_dump(
+                json.loads(graph.spec_json), sort_keys=False, default_flow_style=None
+            )
         )
-    )
     history, iteration_loss, start_epoch, skip = [], [], 1, 0
     if payload is not None:
         ckpt.load_weights(net, payload["model"], where)
@@ -401,13 +487,24 @@ def train(
 
     compile_before = optimize.compile_stats()  # preflight may build native code
     compile, problem = optimize.preflight(compile, net)
-    if problem:
+    if problem and ctx.local_rank == 0:
         print(f"warning: {problem}", file=sys.stderr)
     compiled = compile not in ("none", "plain")
-    model = optimize.apply(net, compile)  # compiled kernels on top (optimize.MODES)
+    if ctx.active:
+        _warn_batch_statistics(graph, ctx)
+        model, evaluator = distributed.wrap(net, compile, device)
+    else:
+        model = evaluator = optimize.apply(net, compile)  # optimize.MODES
     loss_of, need_records = make_loss(graph, native=compile == "native")
 
-    def state(epoch, step, partial=None):
+    def rng_state():
+        return {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        }
+
+    def state(epoch, step, partial=None, rngs=None):
+        rngs = rngs or [rng_state()]
         return {
             "version": __version__,
             "spec": graph.spec_json,
@@ -417,10 +514,9 @@ def train(
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {
-                "cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            },
+            "rng": rngs[0],  # rank 0's (a one-process run's)
+            "rng_ranks": rngs[1:],  # the other ranks' states, in rank order
+            "world_size": ctx.world,
             "partial": partial or {},
             "history": json.dumps(history),
             "iteration_loss": torch.tensor(iteration_loss, dtype=torch.float32),
@@ -441,6 +537,7 @@ def train(
             "dataset": cfg.dataset,
             "epochs": len(history),
             "batch_size": cfg.batch_size,
+            "world_size": ctx.world,
             "iterations_per_epoch": per_epoch,
             "train_samples": len(train_split),
             "test_samples": len(test_split),
@@ -458,69 +555,99 @@ def train(
                 {k: v for k, v in h.items() if k != "firing_rates"} for h in history
             ],
         }
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        plots.curves(history, iteration_loss, run_dir / "curves.png", metric_keys[0])
+        if ctx.main:
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            plots.curves(
+                history, iteration_loss, run_dir / "curves.png", metric_keys[0]
+            )
         return metrics
 
-    if payload is None:
+    if payload is None and ctx.main:
         ckpt.save(run_dir / "checkpoint.pt", state(0, 0))  # resumable from the start
-    with DeferredInterrupt() as stop:
+    with DeferredInterrupt(announce=ctx.main) as stop:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            torch.manual_seed(epoch_seed(cfg.seed, epoch))
-            order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+            seed_now = epoch_seed(cfg.seed, epoch)
+            torch.manual_seed(distributed.rank_seed(seed_now, ctx.rank))
+            order_gen = torch.Generator().manual_seed(seed_now)
             order = torch.randperm(len(train_split), generator=order_gen).to(device)
             loss_sum = torch.zeros((), device=device)
             score = Score(graph, device)
-            seen, losses_now = 0, []
+            seen, mine, losses_now = 0, 0, []
             if skip:  # continue a mid-epoch checkpoint exactly where it stopped
-                torch.set_rng_state(payload["rng"]["cpu"])
-                if device.type == "cuda" and payload["rng"]["cuda"]:
-                    torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-                loss_sum += payload["partial"]["loss_sum"].to(device)
+                _restore_rng(payload, ctx, device, seed_now, skip)
                 partial = payload["partial"]  # "correct": a checkpoint of before 0.2
-                score = Score(
-                    graph, device, partial.get("score", partial.get("correct"))
-                )
-                seen = int(payload["partial"]["seen"])
+                if ctx.main:  # the sums over every rank so far: counted once
+                    loss_sum += partial["loss_sum"].to(device)
+                    score = Score(
+                        graph, device, partial.get("score", partial.get("correct"))
+                    )
+                seen = int(partial["seen"])
             model.train()
-            bar = _bar(progress, per_epoch, skip, f"epoch {epoch}/{cfg.epochs}")
+            bar = _bar(
+                progress and ctx.main, per_epoch, skip, f"epoch {epoch}/{cfg.epochs}"
+            )
             started = time.perf_counter()
-            batches = train_split.batches(cfg.batch_size, order, cfg.drop_last, skip)
+            batches = train_split.batches(
+                cfg.batch_size, order, cfg.drop_last, skip, ctx.rank, ctx.world
+            )
             for step, (x, y) in enumerate(batches, start=skip + 1):
-                with optimize.batch_runner(model, y.shape[0] != cfg.batch_size) as run:
+                count = size = y.shape[0]  # this rank's samples, the global batch's
+                if ctx.active:
+                    size = train_split.batch_size_at(
+                        step, cfg.batch_size, cfg.drop_last
+                    )
+                    if count == 0:  # joins the gradient average with weight 0
+                        x, y = train_split.batch(order[:1])
+                with optimize.batch_runner(model, size != cfg.batch_size) as run:
                     if need_records:
                         spk, mem, records = run(x, all_spikes=True)
                     else:
                         (spk, mem), records = run(x), None
                 loss = loss_of(spk, mem, y, records)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # the ranks' gradients are averaged: weigh this rank's mean loss
+                # by its share of the global batch (1 when the parts are equal)
+                weight = count * ctx.world / size
+                (loss if weight == 1 else loss * weight).backward()
                 optimizer.step()
                 scheduler.step()
-                loss = loss.detach()
+                loss = shown = loss.detach()
+                if ctx.active:  # summed over the ranks: the global batch's loss
+                    loss = loss * (count / size)
                 losses_now.append(loss)
                 loss_sum += loss
-                score.add(spk.detach(), mem.detach(), y)
-                seen += y.shape[0]
+                if count:
+                    score.add(spk.detach(), mem.detach(), y)
+                seen += size
+                mine += count
                 bar.update(1)
-                if progress and (step % PROGRESS_EVERY == 0 or step == per_epoch):
-                    bar.set_postfix(loss=f"{loss.item():.3f}", **score.postfix(seen))
+                if (progress and ctx.main) and (
+                    step % PROGRESS_EVERY == 0 or step == per_epoch
+                ):  # with several ranks: rank 0's part of the batch
+                    bar.set_postfix(loss=f"{shown.item():.3f}", **score.postfix(mine))
                 if on_iteration is not None:
                     on_iteration(epoch, step)
-                if stop.requested and step < per_epoch:
+                if ctx.any(stop.requested) and step < per_epoch:
                     bar.close()
-                    iteration_loss += torch.stack(losses_now).tolist()
+                    iteration_loss += ctx.all_reduce(torch.stack(losses_now)).tolist()
+                    ctx.all_reduce(loss_sum)
+                    ctx.all_reduce(score.total)
+                    rngs = ctx.gather(rng_state())
                     partial = {"loss_sum": loss_sum, "score": score.total, "seen": seen}
-                    ckpt.save(
-                        run_dir / "checkpoint.pt", state(epoch - 1, step, partial)
-                    )
-                    finish(interrupted=True)
-                    _resume_hint(run_dir, epoch, step, per_epoch)
+                    if ctx.main:
+                        ckpt.save(
+                            run_dir / "checkpoint.pt",
+                            state(epoch - 1, step, partial, rngs),
+                        )
+                        finish(interrupted=True)
+                        _resume_hint(run_dir, epoch, step, per_epoch, ctx.world)
                     raise KeyboardInterrupt
             bar.close()
             seconds = time.perf_counter() - started
             if losses_now:
-                iteration_loss += torch.stack(losses_now).tolist()
+                iteration_loss += ctx.all_reduce(torch.stack(losses_now)).tolist()
+            ctx.all_reduce(loss_sum)
+            ctx.all_reduce(score.total)
             entry = {
                 "epoch": epoch,
                 "train_loss": loss_sum.item() / per_epoch,
@@ -532,12 +659,13 @@ def train(
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 started = time.perf_counter()
                 result = run_evaluation(
-                    model,
+                    evaluator,
                     test_split,
                     graph,
                     graph.train["eval_batch_size"],
                     cfg.seed,
                     device,
+                    ctx,
                 )
                 entry.update(
                     {k: result[k] for k in result if k.startswith("test_")},
@@ -547,15 +675,53 @@ def train(
                 entry.pop("test_samples")
             history.append(entry)
             skip = 0
-            ckpt.save(run_dir / "checkpoint.pt", state(epoch, 0))
+            if ctx.main:
+                ckpt.save(run_dir / "checkpoint.pt", state(epoch, 0))
             metrics = finish(interrupted=False)
-            if progress:
+            if progress and ctx.main:
                 _report(entry, cfg.epochs)
-            if stop.requested and epoch < cfg.epochs:
-                _resume_hint(run_dir, epoch + 1, 0, per_epoch)
+            if ctx.any(stop.requested) and epoch < cfg.epochs:
+                if ctx.main:
+                    _resume_hint(run_dir, epoch + 1, 0, per_epoch, ctx.world)
                 raise KeyboardInterrupt
-    _raster(net, test_split, graph, cfg.seed, device, run_dir / "raster.png")
+    if ctx.main:
+        _raster(net, test_split, graph, cfg.seed, device, run_dir / "raster.png")
     return metrics
+
+
+def _restore_rng(payload: dict, ctx, device, seed_now: int, skip: int) -> None:
+    """The random state a mid-epoch checkpoint left each rank in (exact when
+    the run has as many ranks as the one that saved it); with another number of
+    ranks, fresh per-rank streams for the rest of the epoch."""
+    rngs = [payload["rng"], *payload.get("rng_ranks", [])]
+    if payload.get("world_size", 1) == ctx.world == len(rngs):
+        rng = rngs[ctx.rank]
+        torch.set_rng_state(rng["cpu"])
+        if device.type == "cuda" and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return
+    fresh = (seed_now + skip * 1_000_003) % 2**63
+    torch.manual_seed(distributed.rank_seed(fresh, ctx.rank))
+    if ctx.main:
+        print(
+            f"warning: the checkpoint was saved mid-epoch by "
+            f"{payload.get('world_size', 1)} process(es), this run has {ctx.world}: "
+            "the rest of this epoch draws other random numbers (rate encodings, "
+            "dropout) than an uninterrupted run would",
+            file=sys.stderr,
+        )
+
+
+def _warn_batch_statistics(graph, ctx) -> None:
+    """Batch norm layers see each rank's part of the batch, not all of it."""
+    names = [n.name for n in graph.nodes if "batchnorm" in n.type]
+    if names and ctx.main:
+        print(
+            f"warning: {', '.join(names)} normalize over each rank's part of the "
+            f"batch (train.batch_size / {ctx.world} samples), not the global "
+            "batch: this run differs from a one-process run",
+            file=sys.stderr,
+        )
 
 
 def _bar(progress: bool, total: int, done: int, desc: str):
@@ -581,11 +747,14 @@ def _report(entry: dict, epochs: int) -> None:
     print(text, file=sys.stderr)
 
 
-def _resume_hint(run_dir: Path, epoch: int, step: int, per_epoch: int) -> None:
+def _resume_hint(
+    run_dir: Path, epoch: int, step: int, per_epoch: int, world: int = 1
+) -> None:
     where = f"epoch {epoch}" + (f", iteration {step + 1}/{per_epoch}" if step else "")
+    nproc = f" --nproc {world}" if world > 1 else ""
     print(
         f"saved {run_dir / 'checkpoint.pt'}; continue at {where} with:\n"
-        f"  snncompile train SPEC --resume {run_dir}",
+        f"  snncompile train SPEC --resume {run_dir}{nproc}",
         file=sys.stderr,
     )
 
