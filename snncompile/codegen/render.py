@@ -176,8 +176,7 @@ class _Values:
     (`_variables`), or for a value the same at every step read by a node that
     runs per step, its expansion over the steps."""
 
-    def __init__(self, graph: Graph, plan: passes.Plan):
-        self.graph, self.plan = graph, plan
+    def __init__(self, graph: Graph):
         self.names = _variables(graph, "x")
         # a value the same at every step, read by a node that runs per step
         self.expanded: dict[str, str] = {}
@@ -214,7 +213,7 @@ def _forward_layered(graph: Graph, plan: passes.Plan, encode: bool = True) -> li
     """Whole-sequence schedule: each node runs once over all T steps (or once
     over the batch, for a time-invariant value), following the DAG. Without
     `encode`, x is the encoded spike train already (ONNX export)."""
-    values = _Values(graph, plan)
+    values = _Values(graph)
     lines: list[str] = []
     if encode and graph.encoding["type"] != "direct":
         encode = _encode_line(graph, "x")
