@@ -93,6 +93,7 @@ import torch
 from ..spec.errors import SpecError, UserError, first_line
 from . import nir_sim
 from .nir_sim import ANALOG, FIRING, kind, shape_text
+from .wrappers import membranes
 
 FORMAT = "snncompile-nir-1"
 META = "snncompile"
@@ -1396,23 +1397,6 @@ def import_nir(
 
 
 # =========================================================================== verify
-def _capture(net, record: dict):
-    """Hooks keeping each neuron layer's (spikes, membrane) by name."""
-
-    def ask(module, args, kwargs):
-        return args, {**kwargs, "record_mem": True}
-
-    def keep(name):
-        return lambda module, args, output: record.__setitem__(name, output)
-
-    handles = []
-    for node in net.graph.neuron_nodes:
-        layer = getattr(net, node.name)
-        handles.append(layer.register_forward_pre_hook(ask, with_kwargs=True))
-        handles.append(layer.register_forward_hook(keep(node.name)))
-    return handles
-
-
 def verify_nir(
     nir_graph_or_structure,
     net,
@@ -1451,7 +1435,7 @@ def verify_nir(
     model.load_state_dict(net.state_dict())
     model = model.double()
     record: dict = {}
-    handles = _capture(model, record)
+    handles = membranes(model, record, spikes=True)
     try:
         with _Inference(model), torch.no_grad():
             SequenceModel(model)(torch.as_tensor(raw, dtype=torch.float64))

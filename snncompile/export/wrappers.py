@@ -101,15 +101,17 @@ class StepModel(nn.Module):
         return _functions(self.graph).step(self.net, x_t, *states)
 
 
-def membranes(net, record: dict):
+def membranes(net, record: dict, spikes: bool = False):
     """Hooks that make every neuron layer of `net` return its membranes and
-    keep them in `record` by layer name; remove the returned handles after."""
+    keep them in `record` by layer name (with `spikes`: its (spk, mem) pair);
+    remove the returned handles after."""
 
     def ask(module, args, kwargs):
         return args, {**kwargs, "record_mem": True}
 
     def keep(name):
-        return lambda module, args, output: record.__setitem__(name, output[1])
+        pick = (lambda output: output) if spikes else (lambda output: output[1])
+        return lambda module, args, output: record.__setitem__(name, pick(output))
 
     handles = []
     for node in net.graph.neuron_nodes:

@@ -43,7 +43,7 @@ from ..lower import checkpoint as ckpt
 from ..lower import optimize
 from ..runtime import decode as decoders
 from ..runtime import losses
-from ..spec.errors import UserError
+from ..spec.errors import UserError, first_line
 from ..spec.load import as_spec, loads
 from ..spec.schema import Spec
 from . import distributed, plots
@@ -398,10 +398,9 @@ def train(
         )
     except Exception as err:
         if ctx.active and distributed.is_peer_error(err):
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise distributed.PeerLost(
                 f"rank {ctx.rank} of {ctx.world}: lost contact with the other "
-                f"ranks ({first}); the run stopped"
+                f"ranks ({first_line(err)}); the run stopped"
             ) from None
         raise
     ctx.close()
