@@ -42,7 +42,7 @@ def run_shapes(spec):
     net = snncompile.build(spec, seed=0)
     x = torch.rand(3, *graph.input_shape)
     if graph.sequence_input:
-        x = torch.rand(graph.steps, 3, *graph.input_shape)
+        x = torch.rand(graph.steps or 5, 3, *graph.input_shape)  # auto: any T
     with torch.no_grad():
         _, _, record = net(x, all_spikes=True)
     return graph, net, record

@@ -412,7 +412,8 @@ def test_mnist_batches_equal_torchvision_to_tensor_and_normalize():
             [transforms.ToTensor(), transforms.Normalize(norm["mean"], norm["std"])]
         ),
     )
-    x, y = split.batch(torch.arange(10, 20))
+    x, y, mask = split.batch(torch.arange(10, 20))
+    assert mask is None  # still images: no padding
     expected = torch.stack([tv[i][0] for i in range(10, 20)])
     assert x.shape == (10, 1, 28, 28)
     torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)
@@ -423,11 +424,11 @@ def test_batches_cover_a_permutation_and_drop_last():
     inputs = torch.arange(10, dtype=torch.float32).view(10, 1)
     split = Split(inputs, torch.arange(10), (1,))
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    seen = [y for _, y in split.batches(4, order, drop_last=True)]
+    seen = [y for _, y, _ in split.batches(4, order, drop_last=True)]
     assert [len(y) for y in seen] == [4, 4] and split.num_batches(4, True) == 2
     assert torch.cat(seen).tolist() == order[:8].tolist()
-    assert [len(y) for _, y in split.batches(4)] == [4, 4, 2]
-    assert [y.tolist() for _, y in split.batches(4, skip=2)] == [[8, 9]]
+    assert [len(y) for _, y, _ in split.batches(4)] == [4, 4, 2]
+    assert [y.tolist() for _, y, _ in split.batches(4, skip=2)] == [[8, 9]]
 
 
 def test_sequence_encodings_get_time_major_inputs(tmp_path):
@@ -437,7 +438,7 @@ def test_sequence_encodings_get_time_major_inputs(tmp_path):
     metrics = train(spec, out=tmp_path / "run", epochs=1, progress=False)
     assert metrics["test_samples"] == 256
     graph = snncompile.analyze(snncompile.load(spec))
-    x, _ = load_split(graph, False, limit=4).batch(slice(0, 4))
+    x = load_split(graph, False, limit=4).batch(slice(0, 4))[0]
     assert x.shape == (8, 4, 1, 8, 8)
 
 
@@ -536,8 +537,8 @@ def test_whole_model_compile_trains_like_eager(tmp_path, monkeypatch):
 
 
 def test_training_runs_eagerly_when_torch_compile_cannot(tmp_path, monkeypatch, capsys):
-    """Without a working C compiler the default --compile native, and
-    --compile neurons, warn once and train eagerly instead of failing at the
+    """Without a working C compiler the default --compile auto, and
+    --compile neurons, say so once and train eagerly instead of failing at the
     first step."""
     from snncompile.lower import optimize
 
@@ -560,7 +561,7 @@ def test_compile_modes():
     from snncompile.train.command import configure_train
 
     assert [optimize.as_mode(m) for m in (True, False, "model")] == [
-        "native",
+        "auto",
         "none",
         "model",
     ]
@@ -568,7 +569,8 @@ def test_compile_modes():
         optimize.as_mode("fast")
     parser = argparse.ArgumentParser()
     configure_train(parser)
-    assert parser.parse_args(["s.yaml"]).compile == "native"
-    assert parser.parse_args(["s.yaml", "--compile"]).compile == "native"
+    assert parser.parse_args(["s.yaml"]).compile == "auto"
+    assert parser.parse_args(["s.yaml", "--compile"]).compile == "auto"
+    assert parser.parse_args(["s.yaml", "--compile", "native"]).compile == "native"
     assert parser.parse_args(["s.yaml", "--compile", "neurons"]).compile == "neurons"
     assert parser.parse_args(["s.yaml", "--compile", "none"]).compile == "none"

@@ -360,6 +360,12 @@ def export_onnx(
         raise UserError(f"output directory {path.parent} does not exist")
     net, weights = load_net(spec_or_net, checkpoint, seed)
     graph = net.graph
+    if mode == "sequence" and not graph.steps:
+        raise UserError(
+            f"{graph.name} has `steps: auto` over sequences of different lengths: a "
+            "sequence graph needs a fixed T; export --mode step (one step per call, "
+            "any T), or set `steps` to a number (it caps T)"
+        )
     looped = mode == "sequence" and (
         graph.steps > UNROLL_STEPS if loop is None else loop
     )

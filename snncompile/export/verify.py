@@ -46,6 +46,9 @@ def session(path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+EXAMPLE_STEPS = 12  # T of random test input for `steps: auto` (each batch's T)
+
+
 def encode_inputs(graph, raw: torch.Tensor, generator=None) -> torch.Tensor:
     """What the ONNX model takes for raw input: the frame, or the encoded train."""
     enc = dict(graph.encoding)
@@ -73,7 +76,7 @@ def run_session(sess, graph, mode: str, x: torch.Tensor):
     ]
     outputs = ["spk", "mem", *(f"{n}_out" for n in names)]
     spks, mems = [], []
-    for t in range(graph.steps):
+    for t in range(graph.steps if direct else x.shape[0]):
         frame = x if direct else x[t]
         feed = {"x_t": frame.numpy(), **dict(zip(names, states))}
         spk, mem, *states = sess.run(outputs, feed)
@@ -87,7 +90,8 @@ def _raw(graph, batch: int, gen: torch.Generator, scale: float) -> torch.Tensor:
     shape = (batch,) + tuple(graph.input_shape)
     kind = graph.encoding["type"]
     if kind == "spikes":
-        return (torch.rand((graph.steps,) + shape, generator=gen) < 0.5).float()
+        steps = graph.steps or EXAMPLE_STEPS
+        return (torch.rand((steps,) + shape, generator=gen) < 0.5).float()
     if kind == "delta":
         return torch.rand((graph.steps,) + shape, generator=gen)
     return torch.rand(shape, generator=gen) * scale

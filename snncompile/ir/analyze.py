@@ -40,9 +40,9 @@ REGRESSION_DATASETS = ("synthetic_regression",)
 def reserved_attributes() -> frozenset[str]:
     """Names a layer may not take: `self.<name>` must be the layer itself, not an
     attribute of torch.nn.Module (train, eval, zero_grad...) or of Net."""
-    from torch import nn
+    from ..types.fields import MODULE_ATTRIBUTES  # dir(nn.Module()), tested
 
-    return frozenset(dir(nn.Module())) | {"steps", "forward", "graph", INPUT}
+    return frozenset(MODULE_ATTRIBUTES) | {"steps", "forward", "graph", INPUT}
 
 
 @dataclass
@@ -286,13 +286,21 @@ def analyze(spec: Spec) -> Graph:
     encoding = data["input"]["encoding"]
     dataset = data["train"]["dataset"]
     input_shape: Shape = tuple(data["input"]["shape"])
-    expected_shape, classes = DATASETS[dataset]
+    if isinstance(dataset, str):
+        expected_shape, classes = DATASETS[dataset]
+        label = dataset
+    else:
+        expected_shape, classes = _check_source(chk, spec, input_shape)
+        label = dataset["type"]
     if expected_shape is not None and input_shape != expected_shape:
         chk.error(
             ("input", "shape"),
-            f"dataset {dataset} has samples of shape {describe(expected_shape)}, "
+            f"dataset {label} has samples of shape {describe(expected_shape)}, "
             f"not {describe(input_shape)}",
         )
+    steps = spec.steps
+    if steps == "auto":
+        steps = _auto_steps(chk, spec)
     items = _expand(data, chk)
     order = _toposort(items, chk) if items else None
     nodes: list[Node] = []
@@ -300,12 +308,12 @@ def analyze(spec: Spec) -> Graph:
         nodes = _infer(order, input_shape, encoding["type"] == "direct", defaults, chk)
         if len(nodes) == len(order):
             _check_reach(order, chk)
-            _check_output(chk, data, order[-1], nodes[-1], classes)
+            _check_output(chk, data, order[-1], nodes[-1], (label, classes))
     if chk.problems:
         raise SpecError(chk.problems)
     return Graph(
         name=spec.name,
-        steps=spec.steps,
+        steps=steps,
         input_shape=input_shape,
         encoding=freeze(encoding),
         nodes=tuple(nodes),
@@ -403,6 +411,73 @@ def _check_reach(order: list[_Item], chk: _Checker) -> None:
             )
 
 
+def _check_source(chk: _Checker, spec: Spec, input_shape: Shape):
+    """The sample shape and class count a `train.dataset` mapping implies (None:
+    known only from its files), after checking that the spec can read it."""
+    source = spec.train.dataset
+    sequence = spec.input.encoding.type == "spikes"
+    if source.type == "image_folder":
+        if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+            chk.error(
+                ("input", "shape"),
+                "image_folder images are resized to input.shape [C, H, W] with C 1 "
+                f"(grayscale) or 3 (RGB), not {describe(input_shape)}",
+            )
+        if sequence:
+            chk.error(
+                ("input", "encoding", "type"),
+                "image_folder holds still images: encode them (direct, rate, "
+                "latency or delta), not `spikes`",
+            )
+        return None, None
+    if source.type == "tensors":
+        return None, None
+    # event data: frames [T, ...] per sample
+    if not sequence:
+        chk.error(
+            ("input", "encoding", "type"),
+            f"{source.type} is event data, framed into [T, ...] per sample: set "
+            "`input.encoding: {type: spikes}`",
+        )
+    if source.denoise is not None and not source.TWO_D:
+        chk.error(
+            ("train", "dataset", "denoise"),
+            f"denoise needs a 2-D sensor; {source.type} has 1-D channels",
+        )
+    width = source.SENSOR[0]
+    if source.downsample > width:
+        chk.error(
+            ("train", "dataset", "downsample"),
+            f"downsample {source.downsample} leaves nothing of {source.type}'s "
+            f"{width} pixels or channels",
+        )
+    bins = source.frames.n_time_bins
+    if bins is not None and spec.steps not in ("auto", bins):
+        chk.error(
+            ("steps",),
+            f"frames.n_time_bins gives {bins} frames per sample but steps is "
+            f"{spec.steps}: set `steps: auto` or {bins}",
+        )
+    # the class count is checked against the labels when they are read: files
+    # in a public dataset's format may hold recordings of other classes
+    return source.sample_shape(), None
+
+
+def _auto_steps(chk: _Checker, spec: Spec) -> int:
+    """T of `steps: auto`: a fixed number of frames, or 0 (each batch's length);
+    only time-series data has a T of its own."""
+    source = spec.train.dataset
+    if isinstance(source, str) or spec.input.encoding.type != "spikes":
+        chk.error(
+            ("steps",),
+            "steps: auto takes T from time-series data (event datasets, or tensors "
+            "[N, T, ...] with `input.encoding: {type: spikes}`); give a number",
+        )
+        return 1
+    frames = getattr(source, "frames", None)
+    return frames.n_time_bins if frames is not None and frames.fixed else 0
+
+
 def _train(train: dict) -> dict:
     """The spec's `train` with its defaults that depend on other fields resolved
     (eval_batch_size: the training batch size), once for every backend."""
@@ -433,7 +508,14 @@ def _check_task(chk: _Checker, data: dict) -> None:
             f"task regression predicts with a membrane decoding "
             f"({', '.join(registry.REGRESSION_DECODINGS)}), not {decoding}",
         )
-    if regression != (dataset in REGRESSION_DATASETS):
+    if not isinstance(dataset, str):
+        if regression and dataset["type"] != "tensors":
+            chk.error(
+                ("train", "dataset"),
+                f"{dataset['type']} is a classification dataset; regression "
+                "targets come from `type: tensors`",
+            )
+    elif regression != (dataset in REGRESSION_DATASETS):
         kind = "regression" if dataset in REGRESSION_DATASETS else "classification"
         chk.error(
             ("train", "dataset"),
@@ -441,9 +523,10 @@ def _check_task(chk: _Checker, data: dict) -> None:
         )
 
 
-def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, classes) -> None:
+def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, known) -> None:
     """The decoding and the loss read the last layer: one neuron per class (or per
-    regression target)."""
+    regression target); `known`: (the dataset's label, its class count or None)."""
+    label, classes = known
     _check_task(chk, data)
     if not last.stateful:
         chk.error(
@@ -464,7 +547,7 @@ def _check_output(chk: _Checker, data: dict, item: _Item, last: Node, classes) -
     elif classes is not None and shape[0] != classes:
         chk.error(
             item.path,
-            f"dataset {data['train']['dataset']} has {classes} classes but the "
+            f"dataset {label} has {classes} classes but the "
             f"output layer {last.name} has {shape[0]} neurons",
         )
     elif shape[0] < 2 and data["task"] == "classification":

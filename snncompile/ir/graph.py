@@ -28,6 +28,15 @@ def freeze(value: Any) -> Any:
     return value
 
 
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists again from `freeze`'s read-only copy."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Node:
     """One layer: `type` selects its descriptor; `params` are fully resolved."""
@@ -70,7 +79,7 @@ class Graph:
     """A whole network and its training setup, ready for lowering."""
 
     name: str
-    steps: int
+    steps: int  # 0: `steps: auto`, each batch's length (time-series data)
     input_shape: Shape
     encoding: Mapping[str, Any]
     nodes: tuple[Node, ...]  # topological order; the last is the output
@@ -97,6 +106,23 @@ class Graph:
     def sequence_input(self) -> bool:
         """Whether the model takes [T, B, ...] input instead of [B, ...]."""
         return self.encoding["type"] in ("spikes", "delta")
+
+    @property
+    def source(self):
+        """`train.dataset` as its model in spec/datasets.py, or None for a
+        built-in dataset name."""
+        data = self.train["dataset"]
+        if isinstance(data, str):
+            return None
+        from ..spec.datasets import source_model
+
+        return source_model(thaw(data))
+
+    @property
+    def dataset_label(self) -> str:
+        """The built-in dataset's name, or the source's type."""
+        data = self.train["dataset"]
+        return data if isinstance(data, str) else data["type"]
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

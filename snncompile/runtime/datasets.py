@@ -22,3 +22,12 @@ def synthetic_regression(shape, outputs, count, seed):
     signal = (amplitudes.unsqueeze(-1) * waves).sum(1) / (2 * outputs) + 0.5
     noise = torch.randn(count, n, generator=gen) * 0.01
     return (signal + noise).clamp_(0, 1).reshape(count, *shape), amplitudes
+
+
+def validation_split(count, fraction, seed=20_240_601):
+    """(training, validation) sample indices, each sorted: a fixed random
+    `fraction` of `count` samples is held out (at least one), the same for every
+    training seed."""
+    held = max(1, round(count * fraction))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[held:].sort().values, order[:held].sort().values

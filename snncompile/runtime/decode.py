@@ -68,3 +68,17 @@ def regression_metrics(sums):
     sst = square - total * total / n if n else 0.0
     r2 = 1 - sse / sst if sst > 0 else None  # undefined for constant targets
     return {"mse": sse / n, "mae": sae / n, "r2": r2} if n else {}
+
+
+def decode_by_length(decode, spk, mem, mask):
+    """Scores [B, C] of padded sequences of different lengths: each sample is
+    decoded from its own first L steps (``mask [T, B]`` marks real steps)."""
+    lengths = mask.sum(dim=0)
+    scores = None
+    for length in lengths.unique().tolist():
+        group = (lengths == length).nonzero().squeeze(1)
+        part = decode(spk[:length, group], mem[:length, group])
+        if scores is None:
+            scores = part.new_zeros((spk.shape[1], *part.shape[1:]))
+        scores[group] = part
+    return scores

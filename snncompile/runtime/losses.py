@@ -152,3 +152,32 @@ def rate_regularization(spk_list, weight, target=None):
     if total is None:
         return torch.zeros(())
     return weight * total
+
+
+def loss_by_length(loss, spk, mem, targets, mask, **params):
+    """A batch loss over padded sequences of different lengths: each group of
+    samples with the same length L (``mask [T, B]`` marks real steps) is scored
+    on its own first L steps, ``L = sum_g (B_g / B) loss(spk[:L, g], mem[:L, g])``,
+    so padded steps never count and every sample weighs as in a batch-mean loss."""
+    lengths = mask.sum(dim=0)
+    total = None
+    for length in lengths.unique().tolist():
+        group = (lengths == length).nonzero().squeeze(1)
+        part = loss(spk[:length, group], mem[:length, group], targets[group], **params)
+        part = part * (group.numel() / targets.shape[0])
+        total = part if total is None else total + part
+    return total
+
+
+def masked_rate_regularization(spk_list, mask, weight, target=None):
+    """``rate_regularization`` counting only real steps: ``r_l`` is the mean of
+    ``s_l`` over the steps that ``mask [T, B]`` marks."""
+    total = None
+    for spk in spk_list:
+        m = mask.view(*mask.shape, *(1,) * (spk.dim() - 2)).to(spk.dtype)
+        rate = (spk * m).sum() / (m.sum() * (spk[0, 0].numel()))
+        term = rate if target is None else (rate - target) ** 2
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros(())
+    return weight * total

@@ -17,6 +17,7 @@ are their K amplitudes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -57,46 +58,161 @@ def data_root(root: str | os.PathLike | None) -> Path:
 
 
 @dataclass
+class SparseFrames:
+    """Framed events kept sparse (a 1 ms frame is mostly zeros): sample i's
+    nonzero counts `counts[offsets[i]:offsets[i + 1]]` at flat positions `cells`
+    in its own [T_i, *frame] block. Indexing gives dense frames [B, T, *frame]
+    up to the batch's longest sample."""
+
+    cells: torch.Tensor  # int64
+    counts: torch.Tensor  # uint8 or int16
+    offsets: torch.Tensor  # int64 [N + 1]
+    lengths: torch.Tensor  # int64 [N]
+    frame: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), int(self.lengths.max()), *self.frame)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.counts.dtype
+
+    def _picked(self, index):
+        """Positions in `cells` of the samples at `index`, the batch row of
+        each, and each sample's count."""
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        index = torch.as_tensor(index, device=self.offsets.device)
+        starts = self.offsets[index]
+        sizes = self.offsets[index + 1] - starts
+        row = torch.repeat_interleave(
+            torch.arange(len(index), device=starts.device), sizes
+        )
+        first = torch.repeat_interleave(starts - (sizes.cumsum(0) - sizes), sizes)
+        return torch.arange(int(sizes.sum()), device=starts.device) + first, row, index
+
+    def __getitem__(self, index) -> torch.Tensor:
+        position, row, index = self._picked(index)
+        steps = int(self.lengths[index].max())
+        size = steps * math.prod(self.frame)
+        out = torch.zeros(
+            len(index) * size, dtype=self.counts.dtype, device=self.counts.device
+        )
+        out[row * size + self.cells[position]] = self.counts[position]
+        return out.view(len(index), steps, *self.frame)
+
+    def subset(self, index) -> SparseFrames:
+        position, row, index = self._picked(index)
+        sizes = torch.bincount(row, minlength=len(index))
+        offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+        return SparseFrames(
+            self.cells[position],
+            self.counts[position],
+            offsets,
+            self.lengths[index],
+            self.frame,
+        )
+
+    def truncate(self, steps: int) -> SparseFrames:
+        """Every sample cut to its first `steps` frames."""
+        row = torch.repeat_interleave(
+            torch.arange(len(self), device=self.cells.device), self.offsets.diff()
+        )
+        keep = self.cells < steps * math.prod(self.frame)
+        sizes = torch.bincount(row[keep], minlength=len(self))
+        offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+        return SparseFrames(
+            self.cells[keep],
+            self.counts[keep],
+            offsets,
+            self.lengths.clamp(max=steps),
+            self.frame,
+        )
+
+    def to(self, device) -> SparseFrames:
+        return SparseFrames(
+            *(
+                t.to(device)
+                for t in (self.cells, self.counts, self.offsets, self.lengths)
+            ),
+            self.frame,
+        )
+
+
+@dataclass
 class Split:
     """One split in memory: inputs [N, ...] (uint8 0-255 or float) and labels [N]
-    (int64 classes) or float regression targets [N, K]."""
+    (int64 classes) or float regression targets [N, K]. Time-series inputs are
+    [N, T, ...] (`series`), padded when `lengths` [N] gives each sample's T."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
-    shape: tuple[int, ...]  # the spec's input shape of one sample
+    shape: tuple[int, ...]  # the spec's input shape of one sample (or one step)
     mean: torch.Tensor | None = None  # per-channel normalization, [C, 1, ...]
     std: torch.Tensor | None = None
-    steps: int = 0  # > 0: the model takes sequences [T, B, ...]
+    steps: int = 0  # > 0: static samples become sequences of this many steps
     sequence: str = ""  # how a static sample becomes a sequence: "repeat" | "bernoulli"
+    series: bool = False  # inputs are [N, T, ...] already
+    lengths: torch.Tensor | None = None  # int64 [N]: each series' own T (padded)
+    images: bool = True  # uint8 inputs are images: scaled by 1/255 (else counts)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def to(self, device) -> Split:
         move = lambda t: None if t is None else t.to(device)
-        return Split(
-            move(self.inputs),
-            move(self.labels),
-            self.shape,
-            move(self.mean),
-            move(self.std),
-            self.steps,
-            self.sequence,
+        return dataclasses.replace(
+            self,
+            inputs=move(self.inputs),
+            labels=move(self.labels),
+            mean=move(self.mean),
+            std=move(self.std),
+            lengths=move(self.lengths),
         )
 
-    def batch(self, index) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs [B, *shape] (or [T, B, *shape]) in float32, and labels [B]."""
+    def subset(self, index: torch.Tensor) -> Split:
+        """The samples at `index` (a validation hold-out, a limit)."""
+        pick = lambda t: None if t is None else t[index]
+        inputs = self.inputs
+        sparse = isinstance(inputs, SparseFrames)
+        return dataclasses.replace(
+            self,
+            inputs=inputs.subset(index) if sparse else inputs[index],
+            labels=self.labels[index],
+            lengths=pick(self.lengths),
+        )
+
+    def batch(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Inputs [B, *shape] (or [T, B, *shape]) in float32, labels [B], and for
+        padded series the mask [T, B] of real steps (else None)."""
         x = self.inputs[index]
-        if x.dtype == torch.uint8:
+        if x.dtype == torch.uint8 and self.images:
             x = x.to(torch.float32).div_(255)
+        elif x.dtype != torch.float32:
+            x = x.to(torch.float32)
         if self.mean is not None:
             x = (x - self.mean) / self.std
+        if self.series:
+            mask = None
+            if self.lengths is not None:
+                lengths = self.lengths[index]
+                x = x[:, : int(lengths.max())]
+                steps = torch.arange(x.shape[1], device=x.device)
+                mask = steps.unsqueeze(1) < lengths.unsqueeze(0)
+                if bool(mask.all()):
+                    mask = None
+            x = x.reshape(*x.shape[:2], *self.shape).transpose(0, 1)
+            return x, self.labels[index], mask
         x = x.reshape(x.shape[0], *self.shape)
         if self.steps:
             x = x.unsqueeze(0).expand(self.steps, *x.shape)
             if self.sequence == "bernoulli":  # global RNG: reseeded per epoch
                 x = torch.bernoulli(x.clamp(0, 1))
-        return x, self.labels[index]
+        return x, self.labels[index], None
 
     def batches(
         self, batch_size: int, order=None, drop_last=False, skip=0, rank=0, world=1
@@ -197,7 +313,9 @@ def _decoded(name: str, root: Path, train: bool):
             data = torch.load(cached, weights_only=True)
             return data["inputs"], data["labels"]
     inputs, labels = _read(name, root, train)
-    with contextlib.suppress(OSError):  # a read-only or full cache: decode again
+    # a read-only or full cache: decode again (torch.save raises RuntimeError
+    # when the disk fills)
+    with contextlib.suppress(OSError, RuntimeError):
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_atomically({"inputs": inputs, "labels": labels}, cached)
     return inputs, labels
@@ -250,13 +368,45 @@ def _synthetic_regression(shape, outputs: int, train: bool):
 
 def load_split(
     graph,
-    train: bool,
+    train: bool | str,
     root=None,
     limit: int | None = None,
     normalize=None,
     download: bool = True,
-) -> Split:
-    """The train or test split of the spec's dataset, limited to `limit` samples."""
+) -> Split | None:
+    """The train (True), test (False) or validation ("val") split of the spec's
+    dataset, limited to `limit` samples; None for "val" when there is none.
+    `train.val_fraction` holds out a fixed part of the training samples."""
+    part = "val" if train == "val" else "train" if train else "test"
+    source = graph.source
+    fraction = graph.train.get("val_fraction", 0.0)
+    explicit_val = source is not None and (getattr(source, "val", None) is not None)
+    if part == "val" and not (fraction or explicit_val):
+        return None
+    read = part
+    if part == "val" and not explicit_val:
+        read = "train"  # the hold-out comes out of the training samples
+    if source is None:
+        split = _builtin(graph, read == "train", root, normalize, download)
+    else:
+        from .sources import from_source
+
+        split = from_source(graph, source, read, data_root(root))
+    if fraction and not explicit_val and part != "test":
+        kept, held = datasets.validation_split(len(split), fraction)
+        if len(kept) == 0:
+            raise UserError(
+                f"train.val_fraction {fraction} leaves none of the {len(split)} "
+                "training samples"
+            )
+        split = split.subset(held if part == "val" else kept)
+    if limit is not None and limit < len(split):
+        split = split.subset(torch.arange(limit))
+    return split
+
+
+def _builtin(graph, train: bool, root, normalize, download) -> Split:
+    """A split of a built-in dataset (by name)."""
     name = graph.train["dataset"]
     shape = tuple(graph.input_shape)
     if name == "synthetic":
@@ -278,25 +428,32 @@ def load_split(
                 f"dataset {name!r} has {DATASETS[name][4]} classes but the output "
                 f"layer has {graph.num_classes} neurons"
             )
-    if limit is not None:
-        inputs, labels = inputs[:limit], labels[:limit]
     mean = std = None
     if normalize:
-        channels = native[0] if len(native) > 1 else 1
-        view = (-1,) + (1,) * (len(native) - 1)
-        for key in ("mean", "std"):
-            if len(normalize[key]) not in (1, channels):
-                raise UserError(
-                    f"train.normalize.{key} has {len(normalize[key])} values; "
-                    f"dataset {name!r} has {channels} channel(s)"
-                )
-        mean = torch.tensor(normalize["mean"], dtype=torch.float32).view(view)
-        std = torch.tensor(normalize["std"], dtype=torch.float32).view(view)
+        mean, std = _normalization(normalize, native, name)
+    return _encoded(graph, Split(inputs, labels, shape, mean, std))
+
+
+def _normalization(normalize, native, name):
+    channels = native[0] if len(native) > 1 else 1
+    view = (-1,) + (1,) * (len(native) - 1)
+    for key in ("mean", "std"):
+        if len(normalize[key]) not in (1, channels):
+            raise UserError(
+                f"train.normalize.{key} has {len(normalize[key])} values; "
+                f"dataset {name!r} has {channels} channel(s)"
+            )
+    mean = torch.tensor(normalize["mean"], dtype=torch.float32).view(view)
+    std = torch.tensor(normalize["std"], dtype=torch.float32).view(view)
+    return mean, std
+
+
+def _encoded(graph, split: Split) -> Split:
+    """How a static split becomes the model's sequences, from the encoding."""
     kind = graph.encoding["type"]
     if not graph.sequence_input:
-        steps, sequence = 0, ""
-    elif kind == "delta":
-        steps, sequence = graph.steps, "repeat"  # a static frame: delta fires at onset
-    else:  # "spikes": a Bernoulli spike train of each sample's intensities
-        steps, sequence = graph.steps, "bernoulli"
-    return Split(inputs, labels, shape, mean, std, steps, sequence)
+        return split
+    if kind == "delta":  # a static frame: delta fires at onset
+        return dataclasses.replace(split, steps=graph.steps, sequence="repeat")
+    # "spikes": a Bernoulli spike train of each sample's intensities
+    return dataclasses.replace(split, steps=graph.steps, sequence="bernoulli")
