@@ -3,6 +3,11 @@
 Built-in commands: validate, schema, inspect. Others live in their own modules,
 each defining `configure(parser)` and `run(args) -> int`, imported only when used.
 A user error never shows a traceback: it is printed and the exit status is 2.
+
+Every command that reads spec files (`SPEC_ARGUMENT`) takes `--set
+path.to.field=value` (repeatable): while it runs, load() applies them to those
+files (spec/load.py: cli_overrides), in its own process and those it starts.
+`validate` imports no torch: keep its imports to spec/, ir/ and estimate.py.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import importlib
 import json
 import sys
 
+from .jsonout import dumps
 from .spec.errors import SpecError, UserError
 
 COMMANDS = {  # name -> (module, one-line help)
@@ -39,7 +45,46 @@ COMMANDS = {  # name -> (module, one-line help)
         "snncompile.benchmark",
         "benchmark training/inference against the snnTorch loop",
     ),
+    "sweep": (
+        "snncompile.train.sweep",
+        "search hyperparameters of a spec's sweep: block (Optuna); a run per trial",
+    ),
 }
+
+
+# the argument naming the spec file(s) of each command that reads specs: these
+# commands take --set (a new one reading specs adds itself here)
+SPEC_ARGUMENT = {
+    "validate": "specs",
+    "inspect": "spec",
+    "train": "spec",
+    "eval": "spec",
+    "codegen": "specs",
+    "export": "spec",
+    "bench": "spec",
+    "sweep": "spec",
+}
+SET_HELP = (
+    "override a field of the spec before it is checked, e.g. "
+    "--set train.optimizer.lr=0.001 --set layers.fc1.out_features=500 "
+    "(a list item by index or layer name; the value is YAML: 0.9, true, "
+    "[1, 28, 28], {type: sgd, lr: 0.1}); repeatable, the last wins"
+)
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """--set PATH=VALUE (repeatable) into args.overrides (unless the command
+    defines its own --set)."""
+    if any("--set" in action.option_strings for action in parser._actions):
+        return
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help=SET_HELP,
+    )
 
 
 # --------------------------------------------------------------------------- validate
@@ -50,18 +95,34 @@ def configure_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from .estimate import estimate, fit_problem, size
     from .ir.analyze import analyze
-    from .spec.load import load
+    from .spec.load import load, source_of
 
     problems = []
     for path in args.specs:
         try:
-            graph = analyze(load(path))
+            spec = load(path)
+            graph = analyze(spec)
         except SpecError as err:
             problems.extend(err.problems)
             continue
+        too_large = fit_problem(graph, source_of(spec))
+        if too_large is not None:
+            problems.append(too_large)
+            continue
+        memory = estimate(graph)
+        if memory.steps:
+            train = f"about {size(memory.total)} to train"
+        else:  # steps: auto: the data decides
+            fixed = memory.total - memory.activations
+            train = (
+                f"about {size(fixed)} to train plus {size(memory.activations)} "
+                "per time step of the data"
+            )
         print(
-            f"{path}: ok ({graph.name}: {len(graph.nodes)} layers, {graph.num_params:,} parameters)"
+            f"{path}: ok ({graph.name}: {len(graph.nodes)} layers, "
+            f"{graph.num_params:,} parameters, {train})"
         )
     if problems:
         raise SpecError(problems)
@@ -103,10 +164,13 @@ def _shape(shape) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from .estimate import estimate, machine_memory, size
     from .ir.analyze import analyze
     from .spec.load import load
 
     graph = analyze(load(args.spec))
+    memory = estimate(graph)
+    available = machine_memory()
     rows = [
         {
             "name": n.name,
@@ -129,11 +193,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         "encoding": graph.encoding["type"],
         "decoding": graph.decoding,
         "loss": graph.loss["type"],
+        "training_memory": {**memory.as_dict(), "machine_bytes": available},
     }
     if args.json:
-        print(
-            json.dumps({"name": graph.name, "layers": rows, "totals": totals}, indent=2)
-        )
+        print(dumps({"name": graph.name, "layers": rows, "totals": totals}, indent=2))
         return 0
     graph_columns = not graph.is_chain()  # a DAG: which layers each one reads
     header = [
@@ -180,6 +243,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(
         f"total: {totals['parameters']:,} parameters, {totals['neurons']:,} spiking neurons"
     )
+    fits = ""
+    if available is not None and memory.total > available:
+        fits = f"; more than this machine's {size(available)}: train refuses it"
+    print(f"training memory (estimate): {memory.describe()}{fits}")
     return 0
 
 
@@ -218,12 +285,22 @@ def main(argv: list[str] | None = None) -> int:
             prog=f"snncompile {argv[0]}", description=COMMANDS[argv[0]][1]
         )
         configure(sub)
+        if argv[0] in SPEC_ARGUMENT:
+            add_set_argument(sub)
         args = sub.parse_args(argv[1:])
     else:
         parser.parse_args(argv)  # prints help / errors and exits
         return 2
     try:
-        return int(run(args) or 0)
+        overrides = getattr(args, "overrides", None)
+        if not overrides:
+            return int(run(args) or 0)
+        from .spec.load import cli_overrides
+
+        paths = getattr(args, SPEC_ARGUMENT[argv[0]], None) or []
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        with cli_overrides(paths, overrides):
+            return int(run(args) or 0)
     except SpecError as err:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)

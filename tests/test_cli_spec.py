@@ -83,8 +83,13 @@ def test_inspect_every_example_as_json(capsys):
         assert report["layers"][-1]["output"] == [graph.num_classes]
         assert graph.num_classes == (
             10
-            if path.stem.startswith(("mnist", "fashion"))
-            else {"shd_alif": 20, "regression_li": 3}[path.stem]
+            if path.stem.startswith(("mnist", "fashion", "nmnist"))
+            else {
+                "shd_alif": 20,
+                "shd_recurrent": 20,
+                "regression_li": 3,
+                "tensors_example": 4,
+            }[path.stem]
         )
 
 

@@ -295,7 +295,7 @@ def test_non_finite_and_huge_values_are_refused_by_the_loader(where, value):
         ("layers.1.threshold", 1e308, 1e308),
         ("layers.1.recurrence.V", -1e308, -1e308),
         ("loss.off_target", 5e-324, 5e-324),
-        ("train.seed", 10**30, 10**30),
+        ("train.seed", 2**64 - 1, 2**64 - 1),
         ("train.batch_size", 10**30, 10**30),
         ("train.optimizer", {"type": "sgd", "lr": 1e300}, 1e300),
     ],

@@ -55,9 +55,19 @@ CASES = {
     "missing_train.yaml": (2, 1, "train", "missing required field 'train'"),
     "format_version.yaml": (2, 13, "snncompile", "unsupported spec format version 2"),
     # value types
-    "wrong_type_steps.yaml": (6, 8, "steps", "expected an integer, got 'five'"),
+    "wrong_type_steps.yaml": (
+        6,
+        8,
+        "steps",
+        "expected an integer or 'auto', got 'five'",
+    ),
     "wrong_type_quoted_number.yaml": (8, 9, "defaults.beta", "remove the quotes"),
-    "json_tabs_string_steps.json": (5, 11, "steps", "expected an integer, got '5'"),
+    "json_tabs_string_steps.json": (
+        5,
+        11,
+        "steps",
+        "expected an integer or 'auto', got '5'",
+    ),
     "wrong_type_shape.yaml": (5, 10, "input.shape", "expected a list, got 784"),
     "wrong_type_bool.yaml": (11, 55, "layers[1].bias", "expected true or false"),
     "wrong_type_kernel.yaml": (

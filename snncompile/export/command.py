@@ -5,8 +5,10 @@ and `snncompile export SPEC -o model.nir [--checkpoint FILE] [--dt DT] [--approx
 from __future__ import annotations
 
 import argparse
-import json
+import os
+from pathlib import Path
 
+from ..jsonout import dumps
 from ..spec.errors import UserError
 from .loop import UNROLL_STEPS
 from .onnx import (
@@ -112,7 +114,39 @@ def output_format(args: argparse.Namespace) -> str:
     return "nir" if str(args.output).lower().endswith(".nir") else "onnx"
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """-o names a file this command may write, before any work: not one of its
+    inputs (the spec, the checkpoint), not a directory, in a writable one."""
+    out = Path(args.output)
+    if not str(args.output).strip():
+        raise UserError("-o is empty: name the file to write")
+    inputs = [args.spec]
+    if args.checkpoint:
+        given = Path(args.checkpoint)
+        inputs.append(given / "checkpoint.pt" if given.is_dir() else given)
+    for given in inputs:
+        try:
+            same = out.exists() and Path(given).exists() and out.samefile(given)
+        except OSError:
+            same = False
+        if same:
+            raise UserError(
+                f"-o {out} is this command's input {given}: it would be written "
+                "over; choose another output file"
+            )
+    if out.is_dir():
+        raise UserError(f"-o {out} is a directory; name a file in it")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"cannot write {out}: {parent} is a file, not a directory")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: permission denied in {parent}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"cannot write {out}: permission denied")
+
+
 def run_export(args: argparse.Namespace) -> int:
+    check_output(args)
     if output_format(args) == "nir":
         return _run_nir(args)
     for flag, value in (("--dt", args.dt), ("--approximate", args.approximate)):
@@ -134,7 +168,7 @@ def run_export(args: argparse.Namespace) -> int:
     except VerificationError as err:
         report, status = err.report, 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report, indent=2))
     else:
         print("\n".join(describe(report)))
     return status
@@ -166,7 +200,7 @@ def _run_nir(args: argparse.Namespace) -> int:
     except NIRVerificationError as err:
         report, status = err.report, 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report, indent=2))
     else:
         print("\n".join(describe_export(report)))
     return status

@@ -90,6 +90,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..jsonout import dumps
 from ..spec.errors import SpecError, UserError, first_line
 from . import nir_sim
 from .nir_sim import ANALOG, FIRING, kind, shape_text
@@ -1587,7 +1588,7 @@ def run_import(args: argparse.Namespace) -> int:
     except NIRVerificationError as err:
         report, status = err.report, 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report, indent=2))
         return status
     written = "wrote" if status == 0 else "verification failed, did not write"
     print(
