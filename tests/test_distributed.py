@@ -179,15 +179,17 @@ def test_each_global_batch_is_split_into_consecutive_parts():
     assert [shard(128, 129, r, 2) for r in range(2)] == [(128, 129), (129, 129)]
     split = Split(torch.arange(10.0).view(10, 1), torch.arange(10), (1,))
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    whole = [y.tolist() for _, y in split.batches(4, order)]
+    whole = [y.tolist() for _, y, _ in split.batches(4, order)]
     parts = [
-        [y.tolist() for _, y in split.batches(4, order, rank=r, world=3)]
+        [y.tolist() for _, y, _ in split.batches(4, order, rank=r, world=3)]
         for r in range(3)
     ]
     for step, batch in enumerate(whole):
         assert [y for part in parts for y in part[step]] == batch
     assert [split.batch_size_at(s, 4) for s in (1, 2, 3, 4)] == [4, 4, 2, 0]
-    assert [len(y) for _, y in split.batches(4, order, skip=2, rank=1, world=2)] == [1]
+    assert [len(y) for _, y, _ in split.batches(4, order, skip=2, rank=1, world=2)] == [
+        1
+    ]
 
 
 def test_threads_and_worker_arguments(monkeypatch):
@@ -249,8 +251,8 @@ def test_two_processes_train_like_one(tmp_path, capfd):
     err = capfd.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has finished all 2 epochs" in err, err
     names = {p.name for p in (tmp_path / "two").iterdir()}
-    assert names == {"checkpoint.pt", "metrics.json", "curves.png", "raster.png",
-                     "spec.yaml"}  # fmt: skip
+    assert names == {"checkpoint.pt", "metrics.json", "metrics.csv", "curves.png",
+                     "raster.png", "spec.yaml"}  # fmt: skip
 
 
 def test_ctrl_c_reaching_one_rank_stops_all_and_resumes_exactly(tmp_path, capsys):

@@ -507,6 +507,15 @@ DATASET_TITLES = {
     "synthetic": (None, "synthetic data"),
     "synthetic_regression": (None, "synthetic regression data"),
 }
+SOURCE_TITLES = {
+    "tensors": "your tensor files",
+    "image_folder": "your image folders",
+    "nmnist": "N-MNIST",
+    "shd": "the Spiking Heidelberg Digits",
+    "ssc": "the Spiking Speech Commands",
+    "dvs_gesture": "DVS Gesture",
+}
+DATASET_TITLES.update({k: (None, v) for k, v in SOURCE_TITLES.items()})
 # snncompile/train/data.py's synthetic dataset (tests/test_codegen.py compares them)
 SYNTHETIC = {"prototype_seed": 1234, "train": 2048, "test": 512, "noise": 0.35}
 OPTIMIZERS = {
@@ -526,8 +535,9 @@ def _kwargs(params: dict[str, Any]) -> list[str]:
     return [f"{ident(k)}={lit(v)}" for k, v in params.items()]
 
 
-def _loss_lines(graph: Graph) -> tuple[list[str], list[str], str]:
-    """Body of forward_loss, the runtime loss sources it needs, and a note."""
+def _loss_lines(graph: Graph, series: bool = False) -> tuple[list[str], list[str], str]:
+    """Body of forward_loss, the runtime loss sources it needs, and a note;
+    `series`: padded sequences, scored over their real steps when `mask` is set."""
     params = dict(graph.loss)
     func = registry.LOSSES[params.pop("type")]
     regularization = params.pop("rate_regularization", None)
@@ -535,8 +545,27 @@ def _loss_lines(graph: Graph) -> tuple[list[str], list[str], str]:
     helpers = [h for h in sources if h != func and f"{h}(" in sources[func]]
     blocks = [*(sources[h] for h in helpers), sources[func]]
     call = _fit("loss = ", func, ["spk", "mem", "targets"] + _kwargs(params), "    ")
+    lines = ["spk, mem, records = model(x, all_spikes=True)"]
     if not regularization:
-        return ["spk, mem = model(x)", *call.split("\n")], blocks, ""
+        lines = ["spk, mem = model(x)"]
+    if series:
+        blocks.append(sources["loss_by_length"])
+        masked = _fit(
+            "loss = ",
+            "loss_by_length",
+            [func, "spk", "mem", "targets", "mask"] + _kwargs(params),
+            "        ",
+        )
+        lines += [
+            "if mask is None:",
+            *("    " + line for line in call.split("\n")),
+            "else:  # padded sequences: each sample over its own steps",
+            *("    " + line for line in masked.split("\n")),
+        ]
+    else:
+        lines += call.split("\n")
+    if not regularization:
+        return lines, blocks, ""
     blocks.append(sources["rate_regularization"])
     reg = _fit(
         "loss = loss + ",
@@ -544,19 +573,36 @@ def _loss_lines(graph: Graph) -> tuple[list[str], list[str], str]:
         ["list(records.values())"] + _kwargs(dict(regularization)),
         "    ",
     )
-    lines = [
-        "spk, mem, records = model(x, all_spikes=True)",
-        *call.split("\n"),
-        "# `loss.rate_regularization`: firing rates of every spiking layer",
-        *reg.split("\n"),
-    ]
+    lines.append("# `loss.rate_regularization`: firing rates of every spiking layer")
+    if series:
+        blocks.append(sources["masked_rate_regularization"])
+        masked = _fit(
+            "loss = loss + ",
+            "masked_rate_regularization",
+            ["list(records.values())", "mask"] + _kwargs(dict(regularization)),
+            "        ",
+        )
+        lines += [
+            "if mask is None:",
+            *("    " + line for line in reg.split("\n")),
+            "else:",
+            *("    " + line for line in masked.split("\n")),
+        ]
+    else:
+        lines += reg.split("\n")
     return lines, blocks, " plus firing-rate regularization"
 
 
-def _to_input(graph: Graph, dataset: str) -> list[str]:
+def _to_input(graph: Graph, source: dict | None) -> list[str]:
     """Body of to_input(x): stored samples -> one model input batch."""
     steps = []  # (expression of x, comment)
-    if dataset not in ("synthetic", "synthetic_regression"):
+    dataset = graph.dataset_label
+    if source is not None and not source["images"]:
+        steps.append(("x.to(torch.float32)", "samples as stored"))
+    elif source is not None and source["kind"] == "tensors":
+        scaled = "x.to(torch.float32).div_(255) if x.dtype == torch.uint8"
+        steps.append((f"{scaled} else x.to(torch.float32)", "uint8: images"))
+    elif dataset not in ("synthetic", "synthetic_regression"):
         steps.append(("x.to(torch.float32).div_(255)", "as torchvision's ToTensor"))
     if graph.train["normalize"]:
         view = "(" + ", ".join(["-1"] + ["1"] * (len(graph.input_shape) - 1)) + ")"
@@ -574,6 +620,167 @@ def _to_input(graph: Graph, dataset: str) -> list[str]:
     return lines
 
 
+def _scores(decode: str) -> str:
+    """scores(spk, mem, mask) of a script over padded sequences."""
+    return (
+        "def scores(spk, mem, mask):\n"
+        '    """The decoding; padded sequences over their real steps (`mask`)."""\n'
+        "    if mask is None:\n"
+        f"        return {decode}(spk, mem)\n"
+        f"    return decode_by_length({decode}, spk, mem, mask)"
+    )
+
+
+def _series_input(graph: Graph, source: dict) -> list[str]:
+    """Body of to_input(inputs, lengths, index) for time-series samples, as
+    train/data.py's Split.batch: cut to the longest, mask the padding, time first."""
+    shape = ", ".join(str(s) for s in graph.input_shape)
+    if source["kind"] == "events":  # sparse rows [N, T_max * cells]
+        pick = [
+            "x = inputs.index_select(0, index).to_dense()",
+            f"x = x.view(len(index), -1, {shape})",
+        ]
+    else:
+        pick = ["x = inputs[index]"]
+    return [
+        *pick,
+        "lengths = lengths[index]",
+        "x = x[:, : int(lengths.max())].to(torch.float32)",
+        "steps = torch.arange(x.shape[1], device=x.device)",
+        "mask = steps.unsqueeze(1) < lengths.unsqueeze(0)",
+        f"x = x.reshape(*x.shape[:2], {shape}).transpose(0, 1)",
+        "return x, (None if bool(mask.all()) else mask)",
+    ]
+
+
+def _dict_lit(value: dict) -> str:
+    return "{" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in value.items()) + "}"
+
+
+def _source_context(graph: Graph) -> dict[str, Any] | None:
+    """What the script needs to read a `train.dataset` mapping as `snncompile
+    train` does (train/sources.py): the runtime readers, constants and the body
+    of load_split(root, train, limit, device)."""
+    source = graph.source
+    if source is None:
+        return None
+    readers = runtime_definitions("sources")
+    kind = source.type if source.type in ("tensors", "image_folder") else "events"
+    series = kind == "events" or (
+        kind == "tensors" and graph.encoding["type"] == "spikes"
+    )
+    constants, lines, needed = [], [], [source.reader]
+    if kind == "events":
+        frames = {k: v for k, v in source.frames.model_dump().items() if v is not None}
+        constants += [
+            ("FOLDER", lit(source.path or source.FOLDER) + "  # under --data-root"),
+            ("SENSOR", lit(tuple(source.sensor())) + "  # (W, H, P) after downsample"),
+            ("FRAMES", _dict_lit(frames) + "  # tonic's ToFrame"),
+            ("DENOISE", lit(source.denoise)),
+            ("DOWNSAMPLE", lit(source.downsample)),
+        ]
+        needed += ["frame_events"]
+        doc = (
+            f"{SOURCE_TITLES[source.type]} recordings framed into event counts:\n"
+            "    inputs (sparse rows of frames), labels [N], lengths (frames) [N]."
+        )
+        needed.append("sparse_frames")
+        lines += [
+            f"events, labels = {source.reader}(os.path.join(root, FOLDER), train)",
+            "job = (SENSOR, FRAMES, DENOISE, DOWNSAMPLE)",
+            "frames = [frame_events(e, *job) for e in events]  # [T_i, ...] each",
+            "labels = torch.tensor(labels)",
+        ]
+    else:
+        paths = {"train": source.train, "test": source.test}
+        constants.append(("FILES", _dict_lit(paths) + "  # under --data-root"))
+        path = 'os.path.join(root, FILES["train" if train else "test"])'
+        if kind == "tensors":
+            keys = [source.inputs_key, source.targets_key, source.lengths_key]
+            call = _fit(
+                "inputs, labels, lengths = ",
+                "read_tensors",
+                [path, *(lit(k) for k in keys)],
+                "    ",
+            )
+            lines += call.split("\n")
+            lines.append(
+                "inputs = inputs.to(torch.uint8) if inputs.dtype == torch.bool else inputs"
+            )
+            if graph.task == "regression":
+                lines.append(
+                    "labels = labels.to(torch.float32).reshape(len(labels), -1)"
+                )
+            else:
+                lines.append("labels = labels.to(torch.int64)")
+            if series:
+                lines.append("if lengths is None:  # sequences of one length")
+                lines.append(
+                    "    lengths = torch.full((len(labels),), inputs.shape[1])"
+                )
+            doc = "Your arrays: inputs, targets" + (" and lengths." if series else ".")
+        else:
+            shape = lit(tuple(graph.input_shape))
+            lines.append(f"inputs, labels, _ = read_image_folder({path}, {shape})")
+            doc = "Images of a folder per class as uint8 [N, C, H, W] and labels [N]."
+    fraction = graph.train.get("val_fraction", 0.0)
+    if fraction and getattr(source, "val", None) is None:
+        constants.append(("VAL_FRACTION", lit(fraction) + "  # held out of training"))
+        lines += [
+            "if train:  # without the validation hold-out (as snncompile train)",
+            "    keep = validation_split(len(labels), VAL_FRACTION)[0]",
+        ]
+        if kind == "events":
+            lines.append("    frames = [frames[i] for i in keep.tolist()]")
+            lines.append("    labels = labels[keep]")
+        else:
+            lines.append("    inputs, labels = inputs[keep], labels[keep]")
+            if series:
+                lines.append("    lengths = lengths[keep]")
+    if kind == "events":
+        if graph.steps:
+            lines.append(
+                f"frames = [f[:{graph.steps}] for f in frames]  # `steps` caps T"
+            )
+        lines += [
+            "frames, labels = frames[:limit], labels[:limit]",
+            "lengths = torch.tensor([len(f) for f in frames])",
+            "inputs = sparse_frames(frames)  # [N, T_max * cells]",
+            "return inputs.to(device), labels.to(device), lengths.to(device)",
+        ]
+    elif series and graph.steps:
+        lines += [
+            f"inputs = inputs[:, :{graph.steps}]  # `steps` caps T",
+            f"lengths = lengths.clamp(max={graph.steps})",
+        ]
+    if kind == "events":
+        pass
+    elif series:
+        lines += [
+            "return (",
+            "    inputs[:limit].to(device),",
+            "    labels[:limit].to(device),",
+            "    lengths[:limit].to(device),",
+            ")",
+        ]
+    else:
+        lines.append("return inputs[:limit].to(device), labels[:limit].to(device)")
+    for name in needed:  # and what they call, in the file's order
+        needed += [h for h in readers if f"{h}(" in readers[name] and h not in needed]
+    blocks = [text for name, text in readers.items() if name in needed]
+    if fraction and getattr(source, "val", None) is None:
+        blocks.append(runtime_definitions("datasets")["validation_split"])
+    return {
+        "kind": kind,
+        "series": series,
+        "images": kind != "events" and not series,
+        "constants": constants,
+        "blocks": blocks,
+        "doc": doc,
+        "lines": lines,
+    }
+
+
 def _normalize(graph: Graph) -> dict[str, str] | None:
     norm = graph.train["normalize"]
     if not norm:
@@ -588,36 +795,178 @@ def _normalize(graph: Graph) -> dict[str, str] | None:
     return {key: lit(tuple(float(v) for v in norm[key])) for key in ("mean", "std")}
 
 
+PLATEAU = """\
+class Plateau:
+    \"\"\"spec `train.schedule: plateau`: the learning rate's factor, times {factor}
+    after {patience} epoch(s) without a relative improvement of {threshold} in {metric}
+    (torch ReduceLROnPlateau's rule), not below min_lr / lr.\"\"\"
+
+    def __init__(self):
+        self.scale, self.best, self.bad, self.cooldown = 1.0, None, 0, 0
+
+    def observe(self, value):
+        \"\"\"The metric after an epoch; whether the learning rate was reduced.\"\"\"
+        if self.best is None:
+            better = True
+        else:
+            better = value {compare} self.best * ({better})
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        if self.cooldown > 0:
+            self.cooldown -= 1
+            self.bad = 0
+        if self.bad > {patience}:
+            self.bad, self.cooldown = 0, {cooldown}
+            scale = max(self.scale * {factor}, {floor})
+            if scale < self.scale:
+                self.scale = scale
+                return True
+        return False
+"""
+
+
+def _warmup(schedule: dict) -> tuple[list[str], bool]:
+    """Lines that set `warm`, the linear warmup's factor of the iteration (none
+    without a warmup), and whether they need per_epoch."""
+    steps = schedule.get("warmup_steps", 0)
+    epochs = schedule.get("warmup_epochs", 0)
+    if not (steps or epochs):
+        return [], False
+    if steps:
+        first = f"warmup = {lit(steps)}  # iterations of linear warmup"
+    else:
+        first = (
+            f"warmup = {lit(epochs)} * per_epoch  # linear warmup: {epochs} epoch(s)"
+        )
+    return [first, "warm = (iteration + 1) / warmup if iteration < warmup else 1.0"], (
+        bool(epochs)
+    )
+
+
 def _schedule(graph: Graph) -> dict[str, Any]:
-    """The LR factor per iteration, as snncompile train computes it."""
+    """The LR factor per iteration, as snncompile train computes it
+    (snncompile/train/schedules.py: the same float operations in the same order)."""
     schedule = graph.train["schedule"]
-    if schedule["type"] == "none":
-        return {"schedule_lines": [], "schedule_arg": "", "schedule_call": ""}
-    if schedule["type"] == "cosine":
-        floor = float(schedule["eta_min"]) / float(graph.train["optimizer"]["lr"])
-        lines = ["cosine = math.cos(math.pi * min(iteration, total) / total)"]
+    kind = schedule["type"]
+    lr = float(graph.train["optimizer"]["lr"])
+    warm, needs_per_epoch = _warmup(schedule)
+    params = ["optimizer"]
+    call = ["optimizer"]
+    plateau = None
+    if kind == "none" and not warm:
+        return {
+            "schedule_lines": [],
+            "schedule_params": "",
+            "schedule_call": "",
+            "plateau_block": None,
+            "plateau_metric": None,
+        }
+    if kind == "none":
+        lines = [
+            warm[0],
+            "return (iteration + 1) / warmup if iteration < warmup else 1.0",
+        ]
+    elif kind == "cosine":
+        floor = float(schedule["eta_min"]) / lr
+        params.append("total")
+        call.append("per_epoch * epochs")
+        if warm:
+            lines = [
+                warm[0],
+                "span = max(total - warmup, 1)  # the iterations after the warmup",
+                "after = iteration - warmup if iteration > warmup else 0",
+                "cosine = math.cos(math.pi * min(after, span) / span)",
+            ]
+        else:
+            lines = ["cosine = math.cos(math.pi * min(iteration, total) / total)"]
         if floor:
             lines.append(f"floor = {lit(floor)}  # eta_min / lr")
-            lines.append("return floor + (1 - floor) * (1 + cosine) / 2")
+            decay = "floor + (1 - floor) * (1 + cosine) / 2"
         else:  # eta_min 0: the same value as the general formula, exactly
-            lines.append("return (1 + cosine) / 2")
-        return {
-            "schedule_lines": lines,
-            "schedule_arg": "total",
-            "schedule_call": "per_epoch * epochs",
-        }
-    every = schedule["step_size"]
-    gamma = lit(float(schedule["gamma"]))
-    if every == 1:
-        decay = f"return {gamma}**epoch  # times gamma after every epoch"
-    else:
-        decay = f"return {gamma} ** (epoch // {lit(every)})  # every {every} epochs"
-    lines = ["epoch = iteration // per_epoch", decay]
+            decay = "(1 + cosine) / 2"
+        if warm:
+            lines += [f"decay = {decay}", warm[1], "return warm * decay"]
+        else:
+            lines.append(f"return {decay}")
+    elif kind == "step":
+        every = schedule["step_size"]
+        gamma = lit(float(schedule["gamma"]))
+        params.append("per_epoch")
+        call.append("per_epoch")
+        needs_per_epoch = False
+        power = (
+            f"{gamma}**epoch" if every == 1 else f"{gamma} ** (epoch // {lit(every)})"
+        )
+        note = (
+            "times gamma after every epoch" if every == 1 else f"every {every} epochs"
+        )
+        lines = ["epoch = iteration // per_epoch"]
+        if warm:
+            lines += [*warm, f"return warm * {power}  # {note}"]
+        else:
+            lines.append(f"return {power}  # {note}")
+    elif kind == "one_cycle":
+        params.append("total")
+        call.append("per_epoch * epochs")
+        div, final = float(schedule["div_factor"]), float(schedule["final_div_factor"])
+        lines = [
+            f"up = {lit(float(schedule['pct_start']))} * total - 1  # rising until",
+            "if iteration <= up:  # from lr / div_factor up to lr",
+            f"    start, end = {lit(1 / div)}, 1.0",
+            "    pct = iteration / up if up > 0 else 1.0",
+            "else:  # then down to lr / (div_factor * final_div_factor)",
+            f"    start, end, rest = 1.0, {lit(1 / (div * final))}, total - 1 - up",
+            "    pct = min(1.0, (iteration - up) / rest) if rest > 0 else 1.0",
+            "return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)",
+        ]
+    else:  # plateau
+        higher = schedule["metric"].rsplit("_", 1)[-1] in ("accuracy", "r2")
+        threshold = float(schedule["threshold"])
+        plateau = PLATEAU.format(
+            factor=lit(float(schedule["factor"])),
+            patience=lit(schedule["patience"]),
+            threshold=lit(threshold),
+            metric=ident(schedule["metric"]),
+            compare=">" if higher else "<",
+            better=f"1 + {lit(threshold)}" if higher else f"1 - {lit(threshold)}",
+            cooldown=lit(schedule["cooldown"]),
+            floor=lit(float(schedule["min_lr"]) / lr),
+        )
+        if warm:
+            lines = [*warm, "return warm * plateau.scale"]
+        else:
+            lines = ["return plateau.scale  # reduced by Plateau.observe"]
+    if needs_per_epoch:
+        params.append("per_epoch")
+        call.append("per_epoch")
+    if kind == "plateau":
+        params.append("plateau")
+        call.append("plateau")
     return {
         "schedule_lines": lines,
-        "schedule_arg": "per_epoch",
-        "schedule_call": "per_epoch",
+        "schedule_params": ", ".join(params),
+        "schedule_call": ", ".join(call),
+        "plateau_block": plateau.rstrip("\n") if plateau else None,
+        "plateau_metric": lit(schedule["metric"]) if plateau else None,
     }
+
+
+def _train_only_note(train) -> list[str]:
+    """Comment lines naming the spec's `train` settings that only `snncompile
+    train` applies (mixed precision, early stopping)."""
+    fields = []
+    if train.get("precision", "fp32") != "fp32":
+        fields.append(f"`train.precision: {ident(train['precision'])}`")
+    if train.get("early_stopping"):
+        fields.append("`train.early_stopping`")
+    if not fields:
+        return []
+    return [
+        f"# spec {' and '.join(fields)}: applied by `snncompile train` only;",
+        "# this script trains in float32 for all its epochs",
+    ]
 
 
 def _assigned(name: str, value: str) -> str:
@@ -633,10 +982,27 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _docstring(graph: Graph, title: str, synthetic: bool) -> str:
+NEEDS = {  # what a script reading each source imports besides torch
+    "tensors": "torch, and numpy for .npz or h5py for .h5 files",
+    "image_folder": "torch and torchvision",
+    "nmnist": "torch, numpy and tonic",
+    "shd": "torch, numpy, h5py and tonic",
+    "ssc": "torch, numpy, h5py and tonic",
+    "dvs_gesture": "torch, numpy and tonic",
+}
+
+
+def _needs(graph: Graph) -> str:
+    """The packages a script for the graph needs."""
+    label = graph.dataset_label
+    if label in ("synthetic", "synthetic_regression"):
+        return "torch"
+    return NEEDS.get(label, "torch and torchvision")
+
+
+def _docstring(graph: Graph, title: str, synthetic: bool, needs: str) -> str:
     name = ident(graph.name)
     root = "" if synthetic else " --data-root DATA"
-    needs = "torch" if synthetic else "torch and torchvision"
     return f'''"""Train `{name}` on {title} with plain PyTorch; needs only {needs}:
 
     python {name}.py{root} --epochs {lit(graph.train["epochs"])} --out runs/{name}
@@ -656,9 +1022,11 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
     """Prepared values for templates/script.py.j2 (a standalone training script)."""
     net, model = render_net(graph)
     train = graph.train
-    dataset = train["dataset"]
+    dataset = graph.dataset_label
     cls, title = DATASET_TITLES[dataset]
     generated = dataset in ("synthetic", "synthetic_regression")
+    source = _source_context(graph)
+    series = source is not None and source["series"]
     regression = graph.task == "regression"
     decode = registry.DECODERS[graph.decoding]
     decode_sources = runtime_definitions("decode")
@@ -669,8 +1037,10 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         if dataset == "synthetic_regression"
         else []
     )
-    loss_lines, loss_blocks, note = _loss_lines(graph)
-    to_input = _to_input(graph, dataset)
+    loss_lines, loss_blocks, note = _loss_lines(graph, series)
+    to_input = _series_input(graph, source) if series else _to_input(graph, source)
+    if series:
+        decode_blocks += [decode_sources["decode_by_length"], _scores(decode)]
     optimizer = dict(train["optimizer"])
     opt_type = optimizer.pop("type")
     defaults = OPTIMIZER_DEFAULTS[opt_type]
@@ -681,10 +1051,12 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
     }
     shape = ", ".join(str(s) for s in graph.input_shape)
     blocks = [net, *decode_blocks, *loss_blocks, *dataset_blocks]
+    if source:
+        blocks += source["blocks"]
     schedule = _schedule(graph)
     drop_last = train["drop_last"]
     return {
-        "docstring": _docstring(graph, title, generated),
+        "docstring": _docstring(graph, title, generated, _needs(graph)),
         "generated": generated,
         "regression": regression,
         "regression_data": dataset == "synthetic_regression",
@@ -709,7 +1081,10 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         "net": net.rstrip() + "\n",
         "decoding": ident(graph.decoding),
         "decode": decode,
+        "decode_call": "scores(spk, mem, mask)" if series else f"{decode}(spk, mem)",
         "decode_blocks": decode_blocks,
+        "source": source,
+        "series": series,
         "loss_type": ident(graph.loss["type"]),
         "regularization_note": note,
         "loss_blocks": loss_blocks,
@@ -743,6 +1118,8 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         ).split("\n"),
         "schedule_type": ident(train["schedule"]["type"]),
         **schedule,
+        "grad_clip": lit(float(train["grad_clip"])) if train.get("grad_clip") else None,
+        "train_only_note": _train_only_note(train),
         "root_arg": "" if generated else "data_root, ",
         "per_epoch_expr": (
             "len(train_labels) // BATCH_SIZE"
@@ -753,7 +1130,7 @@ def script_context(graph: Graph, description: str | None = None) -> dict[str, An
         "seen_expr": "(per_epoch * BATCH_SIZE)" if drop_last else "len(train_labels)",
         "uses_math": model["uses_math"]
         or any("math." in b for b in blocks)
-        or schedule["schedule_arg"] == "total"
+        or any("math." in line for line in schedule["schedule_lines"])
         or not drop_last,
         "uses_functional": any("F." in b for b in blocks),
     }

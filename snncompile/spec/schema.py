@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PrivateAttr, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    create_model,
+    field_validator,
+)
 
 from ..types import REGISTRY, get, of_role
 from ..types.fields import (  # noqa: F401 - part of the spec language
@@ -19,8 +27,11 @@ from ..types.fields import (  # noqa: F401 - part of the spec language
     Strict,
     Surrogate,
     check_identifier,
+    check_module_name,
 )
 from ..types.neurons import Recurrence  # noqa: F401 - part of the spec language
+from .datasets import Source
+from .sweep import Metric, SweepBlock
 
 FORMAT_VERSION = 1
 
@@ -274,31 +285,147 @@ class SGD(Strict):
 Optimizer = Annotated[Adam | AdamW | SGD, Field(discriminator="type")]
 
 
-class NoSchedule(Strict):
+# the figures a run records per epoch that a schedule or early stopping may
+# watch (val_*: with train.val_fraction); accuracy and r2 are better higher
+Monitored = Literal[
+    Metric,  # test_* and val_* (spec/sweep.py)
+    "train_loss",
+    "train_accuracy",
+    "train_mse",
+    "train_mae",
+    "train_r2",
+]
+
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+def _warmup_steps():
+    return Field(
+        0,
+        description="Linear warmup over the first N iterations: the learning rate "
+        "is lr * (i + 1) / N at iteration i < N, times the schedule's factor.",
+    )
+
+
+def _warmup_epochs():
+    return Field(
+        0, description="Linear warmup over the first N epochs (N * iterations)."
+    )
+
+
+class Warmup(Strict):
+    """A schedule that a linear warmup may precede (warmup_steps or _epochs)."""
+
+    @field_validator("warmup_epochs", check_fields=False)
+    @classmethod
+    def _one_warmup(cls, value, info):
+        if value and info.data.get("warmup_steps"):
+            raise ValueError("give warmup_steps or warmup_epochs, not both")
+        return value
+
+
+class NoSchedule(Warmup):
     type: Literal["none"] = Field(description="Constant learning rate.")
+    warmup_steps: NonNegativeInt = _warmup_steps()
+    warmup_epochs: NonNegativeInt = _warmup_epochs()
 
 
-class CosineSchedule(Strict):
+class CosineSchedule(Warmup):
     type: Literal["cosine"] = Field(
-        description="Cosine annealing over all training iterations."
+        description="Cosine annealing over all training iterations (those after "
+        "the warmup, if any)."
     )
     eta_min: float = Field(0.0, ge=0, description="Final learning rate.")
+    warmup_steps: NonNegativeInt = _warmup_steps()
+    warmup_epochs: NonNegativeInt = _warmup_epochs()
 
 
-class StepSchedule(Strict):
+class StepSchedule(Warmup):
     type: Literal["step"] = Field(
         description="Multiply the learning rate by gamma every step_size epochs."
     )
     step_size: PositiveInt = Field(description="Epochs between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor.")
+    warmup_steps: NonNegativeInt = _warmup_steps()
+    warmup_epochs: NonNegativeInt = _warmup_epochs()
+
+
+class OneCycleSchedule(Strict):
+    type: Literal["one_cycle"] = Field(
+        description="One cycle (Smith 2018; torch OneCycleLR without momentum "
+        "cycling): from lr / div_factor up to the optimizer's lr over pct_start of "
+        "the iterations, then down to lr / (div_factor * final_div_factor), both "
+        "by cosine. It has its own warmup."
+    )
+    pct_start: float = Field(
+        0.3, gt=0, lt=1, description="Fraction of the iterations spent rising."
+    )
+    div_factor: float = Field(
+        25.0, ge=1, description="The first learning rate is lr / div_factor."
+    )
+    final_div_factor: float = Field(
+        1e4, ge=1, description="The last is lr / (div_factor * final_div_factor)."
+    )
+
+
+class PlateauSchedule(Warmup):
+    type: Literal["plateau"] = Field(
+        description="Multiply the learning rate by factor when `metric` has not "
+        "improved for `patience` epochs (as torch ReduceLROnPlateau, relative "
+        "threshold); checked at the end of every epoch that records the metric."
+    )
+    metric: Monitored = Field("test_loss", description="The figure watched.")
+    factor: float = Field(0.1, gt=0, lt=1, description="Reduction factor.")
+    patience: NonNegativeInt = Field(
+        10, description="Epochs without improvement before a reduction."
+    )
+    threshold: float = Field(
+        1e-4, ge=0, description="Relative change that counts as an improvement."
+    )
+    cooldown: NonNegativeInt = Field(
+        0, description="Epochs to wait after a reduction before watching again."
+    )
+    min_lr: float = Field(0.0, ge=0, description="The learning rate's floor.")
+    warmup_steps: NonNegativeInt = _warmup_steps()
+    warmup_epochs: NonNegativeInt = _warmup_epochs()
 
 
 Schedule = Annotated[
-    NoSchedule | CosineSchedule | StepSchedule, Field(discriminator="type")
+    NoSchedule | CosineSchedule | StepSchedule | OneCycleSchedule | PlateauSchedule,
+    Field(discriminator="type"),
 ]
+
+
+class EarlyStopping(Strict):
+    metric: Monitored = Field(
+        "test_loss",
+        description="The figure watched (test_* are measured on evaluated epochs "
+        "only: see eval_every).",
+    )
+    patience: PositiveInt = Field(
+        5, description="Stop after this many checks of the metric without improvement."
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="An improvement must be larger than this (absolute)."
+    )
+
 
 DatasetName = Literal[
     "mnist", "fashion_mnist", "kmnist", "cifar10", "synthetic", "synthetic_regression"
+]
+
+
+def _dataset_kind(value) -> str:
+    """A name (string, or any other scalar: refused as an unknown name), or a
+    source (a mapping when validating, a source model when serializing)."""
+    return "source" if isinstance(value, (dict, BaseModel)) else "name"
+
+
+# a name, or a mapping validated as the source its `type` names
+Dataset = Annotated[
+    Annotated[DatasetName, Tag("name")] | Annotated[Source, Tag("source")],
+    Discriminator(_dataset_kind),
 ]
 
 
@@ -312,9 +439,18 @@ class Normalize(Strict):
 
 
 class Train(Strict):
-    dataset: DatasetName = Field(
+    dataset: Dataset = Field(
         description="torchvision dataset by name, `synthetic` (random separable "
-        "classes) or `synthetic_regression` (amplitudes of sinusoids, generated)."
+        "classes), `synthetic_regression` (amplitudes of sinusoids, generated), or "
+        "a mapping with a `type`: tensors, image_folder, nmnist, shd, ssc, "
+        "dvs_gesture."
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Hold out this fraction of the training samples (a fixed, "
+        "seeded choice) for validation after every epoch.",
     )
     normalize: Normalize | None = Field(
         None, description="Normalize inputs after scaling to [0, 1]."
@@ -349,6 +485,22 @@ class Train(Strict):
     limit_test: PositiveInt | None = Field(
         None, description="Use only the first N test samples."
     )
+    grad_clip: float | None = Field(
+        None,
+        gt=0,
+        description="Clip the gradients' total L2 norm to this value before every "
+        "optimizer step (torch.nn.utils.clip_grad_norm_).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32; bf16: forward and loss under bfloat16 autocast (CPU and "
+        "GPU); fp16: float16 autocast with loss scaling (CUDA only).",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None,
+        description="Stop when `metric` stops improving; the best epoch's "
+        "checkpoint is kept as best.pt beside checkpoint.pt.",
+    )
 
 
 # --------------------------------------------------------------------------- the spec
@@ -361,8 +513,9 @@ class Spec(Strict):
     )
     description: str | None = Field(None, description="Free text about the model.")
     input: Input = Field(description="Input shape and encoding.")
-    steps: int = Field(
-        ge=1, le=100000, description="Number of simulation time steps T (>= 1)."
+    steps: Annotated[int, Field(ge=1, le=100000)] | Literal["auto"] = Field(
+        description="Number of simulation time steps T (>= 1); with time-series "
+        "data, `auto` takes T from the data and an integer caps it."
     )
     defaults: Defaults | None = Field(
         None, description="Neuron fields for every spiking layer."
@@ -389,6 +542,10 @@ class Spec(Strict):
         description="Training loss.",
     )
     train: Train = Field(description="Data and training settings.")
+    sweep: SweepBlock | None = Field(
+        None,
+        description="What `snncompile sweep` searches (dotted field paths and ranges), its metric and direction; ignored by other commands.",
+    )
 
     _source: object = PrivateAttr(default=None)  # SourceMap of the file it came from
 
@@ -401,4 +558,4 @@ class Spec(Strict):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value):
-        return check_identifier(value)
+        return check_module_name(check_identifier(value))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..lower import optimize
@@ -42,7 +41,31 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="YAML or JSON spec file")
     _data_root(parser)
     parser.add_argument(
-        "--out", metavar="DIR", help="run directory (default runs/<name>-<time>)"
+        "--out",
+        metavar="DIR",
+        help="run directory (default runs/<name>-<time>, a new one); an existing "
+        "one must be empty unless --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a --out that holds an earlier run, replacing its files "
+        "(checkpoint.pt, best.pt, metrics, plots, spec.yaml, TensorBoard events)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files (DIR/tensorboard): loss, "
+        "accuracy or the regression metrics, learning rate, gradient norm, "
+        "per-layer firing rates",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=_positive,
+        metavar="N",
+        default=None,
+        help="a metrics.csv (and TensorBoard) row every N iterations (default "
+        "20), besides one per epoch",
     )
     parser.add_argument("--epochs", type=_positive, help="override train.epochs")
     parser.add_argument("--seed", type=_seed, help="override train.seed")
@@ -119,26 +142,42 @@ def run_train(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     """`--nproc N`: the same command in N processes under torchrun's launcher."""
     from ..spec.load import as_spec
-    from . import distributed
+    from . import distributed, rundir
     from .loop import _run_dir
 
+    rundir.check_out(args.out)
     if args.resume is not None:  # the checkpoint holds the run's spec
         from ..lower import checkpoint as ckpt
         from ..spec.load import loads
 
         payload = ckpt.load(args.resume)
         batch_size = loads(payload["spec"], fmt="json").train.batch_size
+        distributed.check_world(batch_size, args.nproc)
         run_dir = args.out or args.resume
+        if not rundir.same_path(run_dir, args.resume):
+            _check_run_dir(args, rundir)
     else:
         spec = as_spec(args.spec)
         batch_size = spec.train.batch_size
+        distributed.check_world(batch_size, args.nproc)
+        if args.out is not None:
+            _check_run_dir(args, rundir)
         run_dir = args.out or _run_dir(None, None, spec.name)  # the ranks share it
-    distributed.check_world(batch_size, args.nproc)
     args.out = str(run_dir)
     parser = argparse.ArgumentParser()
     configure_train(parser)
     argv = distributed.worker_argv(args, parser)
     return distributed.launch(args.nproc, argv, Path(run_dir), args.spec)
+
+
+def _check_run_dir(args: argparse.Namespace, rundir) -> None:
+    """--nproc: the launcher refuses a --out that rank 0 would refuse (before
+    starting the processes); with --overwrite rank 0 clears it."""
+    path = Path(args.out)
+    rundir.prepare(path, None, "")
+    rundir.refuse_inputs(path, [args.spec])
+    if rundir.entries(path) and not args.overwrite:
+        rundir.refuse_non_empty(path)
 
 
 def _train(args: argparse.Namespace, rank: int = 0) -> int:
@@ -159,6 +198,9 @@ def _train(args: argparse.Namespace, rank: int = 0) -> int:
         progress=not args.quiet,
         download=not args.no_download,
         threads_per_rank=args.threads_per_rank,
+        overwrite=args.overwrite,
+        tensorboard=args.tensorboard,
+        **({"log_every": args.log_every} if args.log_every else {}),
     )
     if rank != 0:  # rank 0 reports
         return 0
@@ -168,11 +210,19 @@ def _train(args: argparse.Namespace, rank: int = 0) -> int:
     where = metrics["device"]
     if metrics.get("world_size", 1) > 1:
         where = f"{metrics['world_size']} processes, {where}"
+    loss = metrics["test_loss"]
     print(
         f"{metrics['name']}: test {describe(metrics)}, "
-        f"test loss {metrics['test_loss']:.4f} after {metrics['epochs']} epoch(s) "
-        f"({seconds:.1f} s training on {where})"
+        f"test loss {'-' if loss is None else f'{loss:.4f}'} after "
+        f"{metrics['epochs']} epoch(s) ({seconds:.1f} s training on {where})"
     )
+    if metrics.get("best"):
+        best = metrics["best"]
+        if best.get("best_epoch") is not None:
+            print(
+                f"best {best['metric']} {best['best']:.6g} at epoch "
+                f"{best['best_epoch']}: {best['checkpoint']}"
+            )
     print(f"run directory: {metrics['run_dir']}")
     return 0
 
@@ -239,7 +289,9 @@ def run_eval(args: argparse.Namespace) -> int:
             download=not args.no_download,
         )
     if args.json:
-        print(json.dumps(result, indent=2))
+        from .logs import dumps
+
+        print(dumps(result, indent=2))  # strict JSON: NaN and inf as null
         return 0
     if "test_accuracy" in result:
         print(f"test accuracy: {result['test_accuracy']:.2%}")

@@ -26,19 +26,20 @@ Rank 0 alone writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import signal
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
 import yaml
 
 from .. import __version__, registry
+from ..estimate import check_fits
+from ..ir.analyze import analyze
 from ..lower import checkpoint as ckpt
 from ..lower import optimize
 from ..runtime import decode as decoders
@@ -46,7 +47,7 @@ from ..runtime import losses
 from ..spec.errors import UserError, first_line
 from ..spec.load import as_spec, loads
 from ..spec.schema import Spec
-from . import distributed, plots
+from . import distributed, logs, plots, rundir, safeguards, schedules
 from .data import load_split, shard
 
 PROGRESS_EVERY = 20
@@ -96,28 +97,10 @@ def make_optimizer(params, spec: Spec, fused: bool = True) -> torch.optim.Optimi
 
 
 def make_scheduler(optimizer, spec: Spec, per_epoch: int, total: int):
-    """One LambdaLR stepped every iteration; the factor depends on the iteration."""
-    schedule = spec.train.schedule
-    if schedule.type == "cosine":
-        floor = schedule.eta_min / spec.train.optimizer.lr
-
-        def factor(it):
-            return (
-                floor
-                + (1 - floor) * (1 + math.cos(math.pi * min(it, total) / total)) / 2
-            )
-
-    elif schedule.type == "step":
-
-        def factor(it):
-            return schedule.gamma ** ((it // per_epoch) // schedule.step_size)
-
-    else:
-
-        def factor(it):
-            return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """One LambdaLR stepped every iteration; the factor depends on the iteration
+    (a warmup, then the schedule), and a plateau schedule's reductions
+    (schedules.py)."""
+    return schedules.make(optimizer, spec, per_epoch, total)
 
 
 def make_loss(graph, native: bool = False):
@@ -134,12 +117,20 @@ def make_loss(graph, native: bool = False):
     regularization = params.pop("rate_regularization", None)
     regularization = dict(regularization) if regularization else None
 
-    def loss(spk, mem, targets, records=None):
-        value = function(spk, mem, targets, **params)
+    def loss(spk, mem, targets, records=None, mask=None):
+        """`mask` [T, B]: the real steps of padded sequences (None: all)."""
+        if mask is None:
+            value = function(spk, mem, targets, **params)
+        else:
+            value = losses.loss_by_length(function, spk, mem, targets, mask, **params)
         if regularization:
-            value = value + losses.rate_regularization(
-                list(records.values()), **regularization
-            )
+            spikes = list(records.values())
+            if mask is None:
+                value = value + losses.rate_regularization(spikes, **regularization)
+            else:
+                value = value + losses.masked_rate_regularization(
+                    spikes, mask, **regularization
+                )
         return value
 
     return loss, regularization is not None
@@ -169,8 +160,11 @@ class Score:
         if total is not None:
             self.total += total.to(device)
 
-    def add(self, spk, mem, targets) -> None:
-        pred = self.decode(spk, mem)
+    def add(self, spk, mem, targets, mask=None) -> None:
+        if mask is None:
+            pred = self.decode(spk, mem)
+        else:
+            pred = decoders.decode_by_length(self.decode, spk, mem, mask)
         if self.regression:
             self.total += decoders.regression_sums(pred, targets)
         else:
@@ -218,16 +212,21 @@ def run_evaluation(
     with _fork_rng(device):
         # the same rate-coded test inputs every time
         torch.manual_seed(distributed.rank_seed(seed, ctx.rank))
-        for x, y in split.batches(batch_size, rank=ctx.rank, world=ctx.world):
+        for x, y, mask in split.batches(batch_size, rank=ctx.rank, world=ctx.world):
             if y.shape[0] == 0:  # a last batch with fewer samples than ranks
                 continue
             with optimize.batch_runner(model, y.shape[0] != hi - lo) as run:
                 spk, mem, records = run(x, all_spikes=True)
-            total_loss += loss_of(spk, mem, y, records) * y.shape[0]
-            score.add(spk, mem, y)
+            total_loss += loss_of(spk, mem, y, records, mask) * y.shape[0]
+            score.add(spk, mem, y, mask)
             for name, record in records.items():
+                real = record.numel()
+                if mask is not None:  # padded steps: neither spikes nor steps
+                    m = mask.view(*mask.shape, *(1,) * (record.dim() - 2))
+                    record = record * m
+                    real = int(mask.sum()) * record[0, 0].numel()
                 spikes[name] = spikes.get(name, 0) + record.sum(dtype=torch.float64)
-                counts[name] = counts.get(name, 0) + record.numel()
+                counts[name] = counts.get(name, 0) + real
     model.train(training)
     n = len(split)
     rates = {k: spikes[k].item() / counts[k] for k in spikes}
@@ -294,54 +293,60 @@ def _normalize(spec: Spec):
 
 # --------------------------------------------------------------------------- interrupts
 class DeferredInterrupt:
-    """First Ctrl-C sets `.requested` (the loop stops at a safe point); second aborts."""
+    """First Ctrl-C (or SIGTERM) sets `.requested` (the loop stops at a safe
+    point, saves a checkpoint and says how to resume); a second Ctrl-C aborts
+    (another SIGTERM does not: it is stopping already)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __init__(self, announce: bool = True):
         self.requested = False
         self.announce = announce  # say so (one rank of several: rank 0 says it)
-        self._previous = None
+        self._previous = {}
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        if self.announce:
+        # under `--nproc` the launcher's agent stops the ranks by SIGTERM (and
+        # says why): only a Ctrl-C is announced there
+        quiet = signum == signal.SIGTERM and distributed.under_launcher()
+        if self.announce and not quiet:
+            what = "SIGTERM received: " if signum == signal.SIGTERM else ""
             print(
-                "\nstopping after this iteration (Ctrl-C again to abort)",
+                f"\n{what}stopping after this iteration (Ctrl-C again to abort)",
                 file=sys.stderr,
             )
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for name in self.SIGNALS:
+                number = getattr(signal, name, None)
+                if number is not None:
+                    self._previous[number] = signal.signal(number, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}
 
 
 # --------------------------------------------------------------------------- training
 def _run_dir(out, resume, name: str) -> Path:
-    if out is not None:
-        path = Path(out)
-    elif resume is not None:
-        path = Path(resume)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{name}-{stamp}"
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = Path("runs") / f"{name}-{stamp}-{suffix}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The run directory, created (rundir.prepare: a new one by default)."""
+    return rundir.prepare(out, resume, name)
 
 
 def _resume_spec(
     payload: dict, spec: Spec, where: str, epochs, seed, limit_train, limit_test
 ):
-    """The run's own spec from the checkpoint; only epochs and limit_test may change."""
+    """The run's own spec from the checkpoint, with the changes --resume can
+    apply (safeguards.RESUMABLE) made in the spec given now; UserError naming
+    any other change. The flags --epochs and --limit-test apply; --seed and
+    --limit-train must be the run's."""
     from .. import analyze
 
     ckpt.check_spec(payload, analyze(spec).spec_json, where)
@@ -352,7 +357,35 @@ def _resume_spec(
     ):
         if value is not None and value != old:
             raise UserError(f"{flag} {value} differs from the resumed run's {old}")
-    return with_train(saved, epochs=epochs or spec.train.epochs, limit_test=limit_test)
+    given = spec.model_dump(mode="json")
+    if isinstance(payload.get("source_spec"), str):  # the spec it was started with
+        started = loads(payload["source_spec"], file=where, fmt="json")
+        changes = safeguards.resume_changes(
+            started.model_dump(mode="json"),
+            given,
+            where,
+            effective=saved.model_dump(mode="json"),  # e.g. the run's spec.yaml
+        )
+    else:  # a checkpoint of before 0.2: only the run's spec, after its flags
+        changes = safeguards.resume_changes(
+            saved.model_dump(mode="json"),
+            given,
+            where,
+            ignore=("train.seed", "train.limit_train", "train.limit_test"),
+        )
+    data = saved.model_dump(mode="json")
+    notes = []
+    for path, old, new in changes:
+        safeguards.set_path(data, path, new)
+        if path != "train.epochs":
+            notes.append((path, old, new))
+    if notes:
+        print(
+            f"resuming with the spec's changes: {safeguards.describe(notes)}",
+            file=sys.stderr,
+        )
+    resumed = Spec.model_validate(data)
+    return with_train(resumed, epochs=epochs, limit_test=limit_test)
 
 
 def train(
@@ -369,10 +402,19 @@ def train(
     download=True,
     on_iteration=None,
     threads_per_rank=None,
+    overwrite=False,
+    tensorboard=False,
+    log_every=PROGRESS_EVERY,
+    on_epoch=None,
 ) -> dict:
     """Train a spec and write a run directory; returns the metrics (metrics.json).
 
-    `on_iteration(epoch, iteration)` is called after every optimizer step.
+    `out` must be a new or empty directory unless `overwrite` (or the run
+    being resumed); rundir.py. metrics.csv gets a row every `log_every`
+    iterations and one per epoch; `tensorboard`: TensorBoard event files too
+    (logs.py). A non-finite loss raises safeguards.Diverged (a UserError).
+    `on_iteration(epoch, iteration)` is called after every optimizer step;
+    `on_epoch(epoch, entry)` after each epoch is saved (entry: its history row).
     In a process that torchrun started (WORLD_SIZE > 1) this is one rank of a
     data-parallel run (distributed.py): every rank calls train() alike; rank 0
     writes the run directory. `threads_per_rank`: torch threads of each rank
@@ -380,22 +422,32 @@ def train(
     unchanged unless given).
     """
     ctx = distributed.setup(threads_per_rank)
+    held = []  # the run directory's lock and log: released however train ends
+    extra = {
+        "overwrite": overwrite,
+        "tensorboard": tensorboard,
+        "log_every": log_every,
+        "on_epoch": on_epoch,
+        "held": held,
+    }
     try:
-        metrics = _train(
-            ctx,
-            spec,
-            data_root,
-            out,
-            epochs,
-            seed,
-            resume,
-            compile,
-            limit_train,
-            limit_test,
-            progress,
-            download,
-            on_iteration,
-        )
+        with rundir.file_size_errors():
+            metrics = _train(
+                ctx,
+                spec,
+                data_root,
+                out,
+                epochs,
+                seed,
+                resume,
+                compile,
+                limit_train,
+                limit_test,
+                progress,
+                download,
+                on_iteration,
+                extra,
+            )
     except Exception as err:
         if ctx.active and distributed.is_peer_error(err):
             raise distributed.PeerLost(
@@ -403,6 +455,9 @@ def train(
                 f"ranks ({first_line(err)}); the run stopped"
             ) from None
         raise
+    finally:
+        for item in reversed(held):
+            item.close()
     ctx.close()
     return metrics
 
@@ -421,10 +476,12 @@ def _train(
     progress,
     download,
     on_iteration,
+    extra,
 ) -> dict:
     from .. import build
 
-    spec = as_spec(spec)
+    spec_file = None if isinstance(spec, Spec) else spec  # not to be written over
+    spec = source = as_spec(spec)  # as given: a later --resume compares with it
     payload = None
     if resume is not None:
         where = str(Path(resume) / "checkpoint.pt")
@@ -452,12 +509,22 @@ def _train(
     cfg = spec.train
     distributed.check_world(cfg.batch_size, ctx.world)
     device = distributed.device_for(pick_device(cfg.device), ctx)
+    safeguards.check_metrics(spec, spec.task)
+    amp = safeguards.Precision(cfg.precision, device, cfg.grad_clip)
+    if extra["tensorboard"]:
+        logs.check_tensorboard()
+    check_fits(analyze(spec), device)  # before allocating: a one-line refusal
+    run_dir, keep = ctx.share(lambda: _open_run(spec, out, resume, spec_file, extra))
     net = build(spec, seed=cfg.seed).to(device)
     graph = net.graph
+    if ctx.main:  # before the data: is there room for a checkpoint?
+        rundir.check_space(run_dir, _checkpoint_bytes(net, spec))
     data = {"root": data_root, "normalize": _normalize(spec), "download": download}
     with ctx.local_first():  # one download per machine
         train_split = load_split(graph, True, limit=cfg.limit_train, **data).to(device)
         test_split = load_split(graph, False, limit=cfg.limit_test, **data).to(device)
+        val_split = load_split(graph, "val", **data)  # None without train.val_fraction
+        val_split = val_split and val_split.to(device)
     per_epoch = train_split.num_batches(cfg.batch_size, cfg.drop_last)
     if per_epoch == 0:
         raise UserError(
@@ -467,14 +534,15 @@ def _train(
     optimizer = make_optimizer(net.parameters(), spec)
     scheduler = make_scheduler(optimizer, spec, per_epoch, per_epoch * cfg.epochs)
     metric_keys = METRICS[graph.task]
-
-    run_dir = ctx.share(lambda: _run_dir(out, resume, spec.name))
-    if ctx.main:
-        (run_dir / "spec.yaml").write_text(
-            yaml.safe_dump(
-                json.loads(graph.spec_json), sort_keys=False, default_flow_style=None
+    if ctx.main and "spec.yaml" not in keep:
+        with _writing(run_dir / "spec.yaml"):
+            (run_dir / "spec.yaml").write_text(
+                yaml.safe_dump(
+                    json.loads(graph.spec_json),
+                    sort_keys=False,
+                    default_flow_style=None,
+                )
             )
-        )
     history, iteration_loss, start_epoch, skip = [], [], 1, 0
     if payload is not None:
         ckpt.load_weights(net, payload["model"], where)
@@ -483,11 +551,21 @@ def _train(
         history = json.loads(payload["history"])
         iteration_loss = payload.get("iteration_loss", torch.zeros(0)).tolist()
         start_epoch, skip = payload["epoch"] + 1, payload["step"]
+        amp.load_state_dict(payload.get("scaler"))
 
     compile_before = optimize.compile_stats()  # preflight may build native code
     compile, problem = optimize.preflight(compile, net)
     if problem and ctx.local_rank == 0:
         print(f"warning: {problem}", file=sys.stderr)
+    if cfg.precision != "fp32" and compile in ("native", "none", "neurons"):
+        # the fused kernels compute in float32 only: autocast needs plain layers
+        if ctx.local_rank == 0:
+            print(
+                f"note: train.precision {cfg.precision} runs the model as "
+                "generated (--compile plain): the fused kernels are float32 only",
+                file=sys.stderr,
+            )
+        compile = "plain"
     compiled = compile not in ("none", "plain")
     if ctx.active:
         _warn_batch_statistics(graph, ctx)
@@ -495,6 +573,26 @@ def _train(
     else:
         model = evaluator = optimize.apply(net, compile)  # optimize.MODES
     loss_of, need_records = make_loss(graph, native=compile == "native")
+    stopper = None
+    if cfg.early_stopping is not None:
+        stopper = safeguards.EarlyStopping(cfg.early_stopping)
+        if payload is not None:
+            stopper.load(payload.get("early_stopping"))
+    log, log_every = None, extra["log_every"]
+    if ctx.main:
+        log = logs.RunLog(
+            run_dir,
+            metric_keys,
+            [n.name for n in graph.neuron_nodes],
+            tensorboard=extra["tensorboard"],
+            resume_step=None if payload is None else _position(payload, per_epoch),
+            validation=bool(getattr(cfg, "val_fraction", 0)),
+        )
+        extra["held"].append(log)
+    # a non-finite loss is looked for every iteration where that costs no wait
+    # for the device (one process on the CPU), else every PROGRESS_EVERY
+    check_every = 1 if device.type == "cpu" and not ctx.active else PROGRESS_EVERY
+    last_save = "the start" if payload is None else _where(payload, per_epoch)
 
     def rng_state():
         return {
@@ -519,9 +617,47 @@ def _train(
             "partial": partial or {},
             "history": json.dumps(history),
             "iteration_loss": torch.tensor(iteration_loss, dtype=torch.float32),
+            "source_spec": source.model_dump_json(),
+            "scaler": amp.state_dict(),
+            "early_stopping": stopper.state() if stopper else None,
         }
 
-    def finish(interrupted: bool) -> dict:
+    def save(name: str, payload: dict) -> None:
+        nonlocal last_save
+        path = run_dir / name
+        note = f"; {run_dir / 'checkpoint.pt'} ({last_save}) is kept"
+        with _writing(path, note if name == "checkpoint.pt" else ""):
+            ckpt.save(path, payload)
+        if name == "checkpoint.pt":
+            last_save = _where(payload, per_epoch)
+
+    def diverged(epoch: int, step: int, what: str):
+        """Stop at a non-finite loss (or weights): nothing of it is saved."""
+        stopped = {"reason": "non-finite", "epoch": epoch, "iteration": step}
+        if ctx.main:
+            finish(interrupted=False, stopped=stopped)
+        return safeguards.Diverged(
+            f"{what} at epoch {epoch}, iteration {step}/{per_epoch}: training "
+            f"stopped; the last good checkpoint is {run_dir / 'checkpoint.pt'} "
+            f"({last_save}). Set train.grad_clip (and --resume {run_dir}), or "
+            "start again with a lower train.optimizer.lr"
+        )
+
+    def check_finite(epoch: int, losses_now: list, checked: int, skip: int):
+        """Diverged if a loss since index `checked`, or a weight, is not finite
+        (the ranks agree), else None."""
+        bad = safeguards.first_bad(losses_now[checked:])
+        weights = bad is None and not safeguards.finite_weights(net)
+        if not ctx.any(bad is not None or weights):
+            return None
+        step = skip + len(losses_now)
+        if bad is None:
+            return diverged(epoch, step, "the weights are not finite after the update")
+        at = checked + bad
+        value = losses_now[at].item()
+        return diverged(epoch, skip + 1 + at, f"the training loss is {value}")
+
+    def finish(interrupted: bool, stopped: dict | None = None) -> dict:
         compile_cost = {}
         if compiled:  # this run's share of the process's compilation
             after = optimize.compile_stats()
@@ -533,7 +669,7 @@ def _train(
             "name": spec.name,
             "seed": cfg.seed,
             "device": str(device),
-            "dataset": cfg.dataset,
+            "dataset": graph.dataset_label,
             "epochs": len(history),
             "batch_size": cfg.batch_size,
             "world_size": ctx.world,
@@ -548,6 +684,12 @@ def _train(
             "compile_seconds": compile_cost.get("seconds"),
             "compile_cache": {k: v for k, v in compile_cost.items() if k != "seconds"},
             "interrupted": interrupted,
+            "stopped": stopped,
+            **(
+                {"best": {**stopper.state(), "checkpoint": str(run_dir / "best.pt")}}
+                if stopper
+                else {}
+            ),
             "snncompile_version": __version__,
             "run_dir": str(run_dir),
             "history": [
@@ -555,14 +697,18 @@ def _train(
             ],
         }
         if ctx.main:
-            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            plots.curves(
-                history, iteration_loss, run_dir / "curves.png", metric_keys[0]
-            )
+            with _writing(run_dir / "metrics.json"):
+                (run_dir / "metrics.json").write_text(
+                    logs.dumps(metrics, indent=2) + "\n"
+                )
+            with _writing(run_dir / "curves.png"):
+                plots.curves(
+                    history, iteration_loss, run_dir / "curves.png", metric_keys[0]
+                )
         return metrics
 
     if payload is None and ctx.main:
-        ckpt.save(run_dir / "checkpoint.pt", state(0, 0))  # resumable from the start
+        save("checkpoint.pt", state(0, 0))  # resumable from the start
     with DeferredInterrupt(announce=ctx.main) as stop:
         for epoch in range(start_epoch, cfg.epochs + 1):
             seed_now = epoch_seed(cfg.seed, epoch)
@@ -571,7 +717,11 @@ def _train(
             order = torch.randperm(len(train_split), generator=order_gen).to(device)
             loss_sum = torch.zeros((), device=device)
             score = Score(graph, device)
-            seen, mine, losses_now = 0, 0, []
+            seen, mine, losses_now, checked = 0, 0, [], 0
+            window, norm = [], None  # the losses since the last log row
+            if skip % log_every:  # resumed mid-epoch: the row's earlier losses
+                earlier = iteration_loss[len(iteration_loss) - skip % log_every :]
+                window = [torch.tensor(v) for v in earlier]
             if skip:  # continue a mid-epoch checkpoint exactly where it stopped
                 _restore_rng(payload, ctx, device, seed_now, skip)
                 partial = payload["partial"]  # "correct": a checkpoint of before 0.2
@@ -589,34 +739,46 @@ def _train(
             batches = train_split.batches(
                 cfg.batch_size, order, cfg.drop_last, skip, ctx.rank, ctx.world
             )
-            for step, (x, y) in enumerate(batches, start=skip + 1):
+            for step, (x, y, mask) in enumerate(batches, start=skip + 1):
                 count = size = y.shape[0]  # this rank's samples, the global batch's
                 if ctx.active:
                     size = train_split.batch_size_at(
                         step, cfg.batch_size, cfg.drop_last
                     )
                     if count == 0:  # joins the gradient average with weight 0
-                        x, y = train_split.batch(order[:1])
-                with optimize.batch_runner(model, size != cfg.batch_size) as run:
+                        x, y, mask = train_split.batch(order[:1])
+                partial_batch = size != cfg.batch_size
+                with optimize.batch_runner(model, partial_batch) as run, amp.autocast():
                     if need_records:
                         spk, mem, records = run(x, all_spikes=True)
                     else:
                         (spk, mem), records = run(x), None
-                loss = loss_of(spk, mem, y, records)
+                with amp.autocast():
+                    loss = loss_of(spk, mem, y, records, mask)
                 optimizer.zero_grad(set_to_none=True)
                 # the ranks' gradients are averaged: weigh this rank's mean loss
                 # by its share of the global batch (1 when the parts are equal)
                 weight = count * ctx.world / size
-                (loss if weight == 1 else loss * weight).backward()
-                optimizer.step()
+                logged = log is not None and (
+                    step % log_every == 0 or step == per_epoch
+                )
+                # backward, clipping (train.grad_clip), optimizer step
+                norm = amp.step(
+                    loss if weight == 1 else loss * weight,
+                    optimizer,
+                    net.parameters,
+                    logged,
+                )
+                lr = optimizer.param_groups[0]["lr"]  # this iteration's
                 scheduler.step()
                 loss = shown = loss.detach()
                 if ctx.active:  # summed over the ranks: the global batch's loss
                     loss = loss * (count / size)
                 losses_now.append(loss)
+                window.append(shown)
                 loss_sum += loss
                 if count:
-                    score.add(spk.detach(), mem.detach(), y)
+                    score.add(spk.detach(), mem.detach(), y, mask)
                 seen += size
                 mine += count
                 bar.update(1)
@@ -624,20 +786,39 @@ def _train(
                     step % PROGRESS_EVERY == 0 or step == per_epoch
                 ):  # with several ranks: rank 0's part of the batch
                     bar.set_postfix(loss=f"{shown.item():.3f}", **score.postfix(mine))
+                if step % check_every == 0 or step == per_epoch:
+                    problem = check_finite(epoch, losses_now, checked, skip)
+                    if problem is not None:
+                        bar.close()
+                        raise problem
+                    checked = len(losses_now)
+                if logged:
+                    log.step(
+                        epoch,
+                        step,
+                        (epoch - 1) * per_epoch + step,
+                        {
+                            "loss": torch.stack(window).float().mean(),
+                            **score.result(mine if ctx.active else seen),
+                            "lr": lr,
+                            "grad_norm": norm,
+                        },
+                    )
+                    window = []
                 if on_iteration is not None:
                     on_iteration(epoch, step)
                 if ctx.any(stop.requested) and step < per_epoch:
                     bar.close()
+                    problem = check_finite(epoch, losses_now, checked, skip)
+                    if problem is not None:
+                        raise problem
                     iteration_loss += ctx.all_reduce(torch.stack(losses_now)).tolist()
                     ctx.all_reduce(loss_sum)
                     ctx.all_reduce(score.total)
                     rngs = ctx.gather(rng_state())
                     partial = {"loss_sum": loss_sum, "score": score.total, "seen": seen}
                     if ctx.main:
-                        ckpt.save(
-                            run_dir / "checkpoint.pt",
-                            state(epoch - 1, step, partial, rngs),
-                        )
+                        save("checkpoint.pt", state(epoch - 1, step, partial, rngs))
                         finish(interrupted=True)
                         _resume_hint(run_dir, epoch, step, per_epoch, ctx.world)
                     raise KeyboardInterrupt
@@ -672,20 +853,134 @@ def _train(
                     eval_seconds=time.perf_counter() - started,
                 )
                 entry.pop("test_samples")
+            if val_split is not None:  # every epoch: what early stopping reads
+                result = run_evaluation(
+                    evaluator,
+                    val_split,
+                    graph,
+                    graph.train["eval_batch_size"],
+                    cfg.seed,
+                    device,
+                    ctx,
+                )
+                entry.update(
+                    {
+                        f"val_{k[5:]}": v
+                        for k, v in result.items()
+                        if k.startswith("test_") and k != "test_samples"
+                    }
+                )
             history.append(entry)
             skip = 0
             if ctx.main:
-                ckpt.save(run_dir / "checkpoint.pt", state(epoch, 0))
-            metrics = finish(interrupted=False)
+                for problem in safeguards.firing_problems(
+                    entry.get("firing_rates", {}), graph
+                ):
+                    print(
+                        f"warning: epoch {epoch}: {problem} on the test set",
+                        file=sys.stderr,
+                    )
+            if cfg.schedule.type == "plateau":
+                scheduler.observe(entry.get(cfg.schedule.metric))
+            verdict = None
+            if stopper is not None:
+                verdict = stopper.observe(epoch, entry.get(stopper.metric))
+            if ctx.main:
+                snapshot = state(epoch, 0)
+                save("checkpoint.pt", snapshot)
+                if verdict == "improved":
+                    save("best.pt", snapshot)
+                log.epoch(entry, epoch * per_epoch, lr, norm)
+            early = verdict == "stop" and epoch < cfg.epochs
+            stopped = None
+            if early:
+                stopped = {"reason": "early_stopping", "epoch": epoch}
+            metrics = finish(interrupted=False, stopped=stopped)
             if progress and ctx.main:
                 _report(entry, cfg.epochs)
+            if extra.get("on_epoch") is not None:  # e.g. a sweep's pruning
+                extra["on_epoch"](epoch, entry)
+            if early:
+                if ctx.main:
+                    print(
+                        f"early stopping after epoch {epoch}: {stopper.metric} has "
+                        f"not improved in {stopper.bad} measurement(s); the best, "
+                        f"{stopper.best} at epoch {stopper.best_epoch}, is in "
+                        f"{run_dir / 'best.pt'}",
+                        file=sys.stderr,
+                    )
+                break
             if ctx.any(stop.requested) and epoch < cfg.epochs:
                 if ctx.main:
                     _resume_hint(run_dir, epoch + 1, 0, per_epoch, ctx.world)
                 raise KeyboardInterrupt
     if ctx.main:
-        _raster(net, test_split, graph, cfg.seed, device, run_dir / "raster.png")
+        with _writing(run_dir / "raster.png"):
+            _raster(net, test_split, graph, cfg.seed, device, run_dir / "raster.png")
     return metrics
+
+
+def _position(payload: dict, per_epoch: int) -> int:
+    """The optimizer steps a checkpoint holds."""
+    return payload["epoch"] * per_epoch + payload.get("step", 0)
+
+
+def _where(payload: dict, per_epoch: int) -> str:
+    """What a checkpoint holds, in words."""
+    epoch, step = payload["epoch"], payload.get("step", 0)
+    if step:
+        return f"epoch {epoch + 1}, iteration {step}/{per_epoch}"
+    return f"after epoch {epoch}" if epoch else "the start"
+
+
+class _Closing:
+    """Something held while training, closed however train() ends."""
+
+    def __init__(self, close):
+        self.close = close
+
+
+def _open_run(spec, out, resume, spec_file, extra) -> tuple[Path, list[str]]:
+    """Rank 0: the run directory created, locked (held until train() ends) and
+    checked (rundir.py), before any work; the run files not to write."""
+    existed = out is not None and Path(out).exists()
+    path = rundir.prepare(out, resume, spec.name)
+    lock = rundir.Lock(path)
+    inputs = [spec_file, None if resume is None else Path(resume) / "checkpoint.pt"]
+    try:
+        keep = rundir.check_contents(path, resume, extra["overwrite"], inputs)
+    except BaseException:
+        lock.release()
+        raise
+
+    def release():
+        lock.release()
+        if resume is None and not existed and not rundir.entries(path):
+            with contextlib.suppress(OSError):  # failed before writing: no litter
+                path.rmdir()
+
+    extra["held"].append(_Closing(release))
+    return path, sorted(keep)
+
+
+def _checkpoint_bytes(net, spec) -> int:
+    """About the size of a checkpoint: the weights and the optimizer's state."""
+    weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    optimizer = spec.train.optimizer
+    moments = 2 if optimizer.type in ("adam", "adamw") else 0
+    if optimizer.type == "sgd" and optimizer.momentum:
+        moments = 1
+    return weights * (1 + moments) + 64 * 1024
+
+
+@contextlib.contextmanager
+def _writing(path, note: str = ""):
+    """A failed write of `path` as one UserError (disk full, file too large,
+    permission); torch.save reports a full disk as a RuntimeError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        raise rundir.write_error(path, err, note) from None
 
 
 def _restore_rng(payload: dict, ctx, device, seed_now: int, skip: int) -> None:
@@ -741,6 +1036,8 @@ def _report(entry: dict, epochs: int) -> None:
         f"epoch {entry['epoch']}/{epochs}: train loss {entry['train_loss']:.4f}, "
         f"{describe(entry, 'train')} ({entry['seconds']:.1f} s)"
     )
+    if entry.get("val_loss") is not None:
+        text += f"; val loss {entry['val_loss']:.4f}, {describe(entry, 'val')}"
     if entry["test_loss"] is not None:
         text += f"; test loss {entry['test_loss']:.4f}, {describe(entry)}"
     print(text, file=sys.stderr)
@@ -762,7 +1059,7 @@ def _resume_hint(
 def _raster(net, split, graph, seed: int, device, path) -> None:
     """Spike raster of the first test sample through every spiking layer."""
     net.eval()
-    x, y = split.batch(slice(0, 1))
+    x, y, _ = split.batch(slice(0, 1))
     with _fork_rng(device), optimize.eager(net), torch.no_grad():
         torch.manual_seed(seed)
         spk, mem, records = net(x, all_spikes=True)  # one sample: not worth compiling

@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..lower import checkpoint as ckpt
 from ..spec.errors import UserError, first_line
 from ..spec.load import as_spec
 from .data import load_split
 from .loop import Score
+
+NETWORK_KEYS = (*ckpt.NETWORK_KEYS, "blocks")  # what fixes the exported graph
+
+
+def _check_network(meta: dict, graph, onnx_path) -> None:
+    """UserError unless the model was exported from this spec's network: the
+    spec in its metadata (snncompile export writes it) against this one, part
+    by part; a model without it (another exporter): its spec name."""
+    try:
+        exported = json.loads(meta["spec"]) if "spec" in meta else None
+    except ValueError:
+        raise UserError(
+            f"{onnx_path} holds a spec in its metadata that is not readable JSON"
+        ) from None
+    if not isinstance(exported, dict):
+        name = meta.get("spec_name", graph.name)
+        if name != graph.name:
+            raise UserError(
+                f"{onnx_path} was exported from spec '{name}', not '{graph.name}'"
+            )
+        return
+    given = json.loads(graph.spec_json)
+    differ = [k for k in NETWORK_KEYS if exported.get(k) != given.get(k)]
+    if differ:
+        raise UserError(
+            f"{onnx_path} was exported from a different network (spec "
+            f"'{exported.get('name')}'); these parts differ from this spec: "
+            + ", ".join(differ)
+        )
 
 
 def evaluate_onnx(
@@ -41,10 +72,7 @@ def evaluate_onnx(
     except Exception as err:  # noqa: BLE001 - not an ONNX file, or a broken one
         raise UserError(f"cannot load {onnx_path}: {first_line(err)}") from None
     meta = sess.get_modelmeta().custom_metadata_map
-    if meta.get("spec_name", graph.name) != graph.name:
-        raise UserError(
-            f"{onnx_path} was exported from spec '{meta['spec_name']}', not '{graph.name}'"
-        )
+    _check_network(meta, graph, onnx_path)
     mode = meta.get("mode", "sequence")
     norm = spec.train.normalize
     test = load_split(
@@ -59,9 +87,10 @@ def evaluate_onnx(
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(spec.train.seed)
-        for raw, labels in test.batches(batch_size or graph.train["eval_batch_size"]):
+        size = batch_size or graph.train["eval_batch_size"]
+        for raw, labels, mask in test.batches(size):
             _, spk, mem = run_session(sess, graph, mode, encode_inputs(graph, raw))
-            score.add(spk, mem, labels)
+            score.add(spk, mem, labels, mask)
     return {
         "name": graph.name,
         **{f"test_{k}": v for k, v in score.result(len(test)).items()},
