@@ -38,7 +38,7 @@ def make_input(graph, seed):
     gen = torch.Generator().manual_seed(seed)
     if not graph.sequence_input:
         return torch.rand(BATCH, *graph.input_shape, generator=gen)
-    x = torch.rand(graph.steps, BATCH, *graph.input_shape, generator=gen)
+    x = torch.rand(graph.steps or 6, BATCH, *graph.input_shape, generator=gen)
     if graph.encoding["type"] == "spikes":
         x = (x < 0.3).float()
     return x
