@@ -72,19 +72,33 @@ def sweep_task(n: int, channels: int, seed: int, variable: bool = False):
     return times, units, labels
 
 
-def write_shd(root: Path, n_train: int = 40, n_test: int = 20, folder: str = "SHD"):
-    """SHD/shd_{train,test}.h5 with random spikes over 700 channels, the
-    channel range set by the label (20 classes)."""
+def write_shd(
+    root: Path,
+    n_train: int = 40,
+    n_test: int = 20,
+    folder: str = "SHD",
+    prefix: str = "shd",
+    classes: int = 20,
+):
+    """SHD/shd_{train,test}.h5 (or SSC/ssc_*.h5) with random spikes over 700
+    channels, the channel range set by the label."""
     rng = np.random.default_rng(1)
+    width = 700 // classes
     for split, n in (("train", n_train), ("test", n_test)):
         times, units, labels = [], [], []
         for i in range(n):
-            label = i % 20
+            label = i % classes
             k = 50
-            units.append(rng.integers(35 * label, 35 * label + 35, k).astype(np.uint16))
+            low = width * label
+            units.append(rng.integers(low, low + width, k).astype(np.uint16))
             times.append(np.sort(rng.uniform(0, 0.5, k)).astype(np.float32))
             labels.append(label)
-        write_spike_h5(root / folder / f"shd_{split}.h5", times, units, labels)
+        write_spike_h5(root / folder / f"{prefix}_{split}.h5", times, units, labels)
+
+
+def write_ssc(root: Path) -> None:
+    """SSC/ssc_{train,test}.h5: SHD's format with 35 classes."""
+    write_shd(root, n_train=70, n_test=35, folder="SSC", prefix="ssc", classes=35)
 
 
 def write_dvs_tonic(root: Path, per_class: int = 1, events: int = 80) -> None:

@@ -131,6 +131,13 @@ CASES = {
         20,
         "spikes",
     ),
+    "ssc": (
+        ef.write_ssc,
+        "{type: ssc, frames: {n_time_bins: 5}, downsample: 10}",
+        "[70]",
+        35,
+        "spikes",
+    ),
     "dvs_gesture_tonic": (
         ef.write_dvs_tonic,
         "{type: dvs_gesture, frames: {n_time_bins: 4}, downsample: 8}",
