@@ -55,11 +55,11 @@ def compile(
     mode: str | None = None,
     **options,
 ):
-    """build(spec) on compiled kernels: by default Leaky layers on snncompile's
-    native C kernels and other neurons' time loops through torch.compile (mode
-    "native"; "neurons": every neuron through torch.compile; see
-    lower/optimize.py), or with `whole` (mode "model") the entire forward
-    through torch.compile(**options)."""
+    """build(spec) on compiled kernels: by default (mode "auto") the fastest
+    correct mode measured on first use for this machine and spec shape and
+    cached; "native": every neuron on snncompile's C kernels; "neurons": every
+    neuron's time loop through torch.compile (see lower/optimize.py); with
+    `whole` (mode "model") the entire forward through torch.compile(**options)."""
     import warnings
 
     from .lower.optimize import DEFAULT_MODE, apply, as_mode, compile_model, preflight
@@ -68,7 +68,7 @@ def compile(
     if options and mode != "model":
         raise TypeError(f"torch.compile options {sorted(options)} need whole=True")
     net = build(spec, seed=seed)
-    if mode == "native":  # without a C compiler: what can run, with a warning
+    if mode in ("auto", "native"):  # without a C compiler: what can run, warned
         mode, problem = preflight(mode, net)
         if problem:
             warnings.warn(problem, stacklevel=2)

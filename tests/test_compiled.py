@@ -55,7 +55,7 @@ def test_compiled_neurons_match_eager(train):
     with torch.no_grad():  # enough drive that every layer spikes, but not always
         for name in ("fc1", "fc2", "fc3", "fc4", "fc5"):
             getattr(eager, name).weight.mul_(2.5)
-    compiled = snncompile.compile(spec)
+    compiled = snncompile.compile(spec, mode="neurons")
     compiled.load_state_dict(eager.state_dict())
     assert all(m.compiled for m in neurons(compiled)) and len(neurons(compiled)) == 5
     x = torch.rand(8, 12, generator=torch.Generator().manual_seed(1)) * 2

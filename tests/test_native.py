@@ -163,12 +163,12 @@ def test_surrogate_kind_knows_inlined_copies():
 
 
 def test_native_mode_runs_without_dynamo_and_trains_like_eager(tmp_path):
-    """compile(spec) (mode native) on mnist_fc's layers: the same spikes as
+    """compile(spec, mode="native") on mnist_fc's layers: the same spikes as
     eager, membranes and gradients allclose (fc2 summed by the forward's loop);
     a net of Leaky layers needs no torch.compile."""
     spec = snncompile.load("specs/mnist_fc.yaml")
     eager = snncompile.build(spec, seed=0)
-    fast = snncompile.compile(spec, seed=0)
+    fast = snncompile.compile(spec, seed=0, mode="native")
     assert all(
         isinstance(m.compiled, native.LeakyKernels) for m in optimize.neurons(fast)
     )
@@ -204,8 +204,7 @@ def test_build_failure_is_one_line(tmp_path, monkeypatch):
 def test_build_retries_without_march_native(tmp_path, monkeypatch):
     """A compiler that rejects -march=native still builds the kernels (portable
     flags), and they compute what the native build does. (The wrapper builds at
-    -O0: the same values, and seconds instead of the 30 s a portable -O3 build of
-    the 512-bit vector code takes here.)"""
+    -O0: the same values, in less time.)"""
     wrapper = tmp_path / "cc"
     wrapper.write_text(
         f"#!{sys.executable}\n"
@@ -231,11 +230,17 @@ def test_build_retries_without_march_native(tmp_path, monkeypatch):
         native.library.cache_clear()
 
 
-def test_unsupported_layers_keep_torch_compile():
-    """Per-neuron parameters do not fit the C kernels (they fall back)."""
+def test_which_layers_the_c_kernels_run():
+    """Per-neuron parameters: not leaky.c's scalar kernels but neurons.c's; a
+    float64 layer or a convolutional recurrence: neither (they run eagerly)."""
     per_neuron = Leaky((4,), 0.9, per_neuron=True)
     scalar = Leaky((4,), 0.9)
-    assert optimize.native_fits(scalar) and not optimize.native_fits(per_neuron)
+    assert native.LeakyKernels.fits(scalar)
+    assert not native.LeakyKernels.fits(per_neuron)
+    assert optimize.native_fits(scalar) and optimize.native_fits(per_neuron)
+    assert not optimize.native_fits(Leaky((4,), 0.9).double())
+    conv = neurons.Recurrent("conv", 2, kernel_size=(3, 3))
+    assert not optimize.native_fits(neurons.RLeaky((2, 5, 5), 0.9, recurrent=conv))
     kernels = native.kernels()
     assert not kernels._fits(torch.zeros(3, 4), per_neuron.beta, per_neuron.threshold)
     assert not kernels._fits(

@@ -3,10 +3,12 @@
 `build()` gives the plain model, the very source `snncompile codegen` writes.
 `accelerate(net)` puts the fast kernels on top of it, in place:
 - each neuron module becomes an instance of a subclass of its own class (the
-  same parameters, buffers and state_dict) whose `forward` runs its type's fused
+  same parameters, buffers and state_dict) whose `forward` runs a kernel
+  provider's whole-sequence kernel where `compiled` is one that has it
+  (snncompile's native C kernels: every neuron type), else its type's fused
   sequence kernel (runtime/fused.py: Leaky's, one autograd node for all steps),
-  or its plain step loop through torch.compile when `compiled` is set, or by a
-  kernel provider such as snncompile's native C kernels (lower/optimize.py);
+  else its plain step loop, through torch.compile when `compiled` is True
+  (lower/optimize.py);
 - the net's `forward` becomes the one rendered from the same IR under the
   fusing plan (ir/passes.py), where a hidden Leaky layer and the narrow linear
   layer it feeds run as one node.
@@ -28,13 +30,23 @@ _NETS: dict[tuple[type, str], type] = {}  # (plain Net, forward source) -> fast 
 
 
 def _neuron_forward(self, cur, record_mem=True):
-    """The fused kernel where the type has one, else the step loop, compiled
-    when `compiled` is set (not inside a whole-model torch.compile: traced)."""
+    """A kernel provider's whole-sequence kernel where it has one for this
+    layer (native: every neuron type), else the fused kernel where the type has
+    one, else the step loop, compiled when `compiled` is True (not inside a
+    whole-model torch.compile: traced)."""
+    provider = self.compiled
+    if provider and provider is not True and not torch.compiler.is_compiling():
+        own = self.fused and getattr(provider, "fits", lambda _: True)(self)
+        sequence = getattr(provider, "sequence", None)
+        if not own and sequence is not None:
+            out = sequence(self, cur, record_mem)
+            if out is not None:
+                return out
     if self.fused:
         return fused_leaky(self, cur, compiled=self.compiled, record_mem=record_mem)
-    if self.compiled and not torch.compiler.is_compiling():
+    if self.compiled is True and not torch.compiler.is_compiling():
         return torch_compiled(type(self).loop)(self, cur, record_mem)
-    return self.loop(cur, record_mem)
+    return self.loop(cur, record_mem)  # a provider's misfit too: never compiled
 
 
 def fast_class(cls: type, fused: bool) -> type:

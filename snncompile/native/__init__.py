@@ -1,23 +1,35 @@
-"""Native kernels (leaky.c, loss.c): built by the system C compiler, run by ctypes.
+"""Native kernels (leaky.c, neurons.c, loss.c): built by the system C compiler,
+run by ctypes.
 
-`kernels()` returns a kernel provider for runtime/fused.py (a Leaky layer's
-`compiled` flag): its `scan` and `backward` take and return what leaky_scan and
-leaky_backward do, by the C loops in leaky.c - the same float operations in the
-same order (identical spikes and membranes; gradients up to summation order).
-Its `scan_linear` also forms the linear layer after a hidden layer in the
-forward's loop, in its own summation order (values to rounding).
-Where the C code does not apply (another device or dtype, per-neuron beta or
-threshold, a surrogate it does not know) they run the torch.compile'd kernels.
+`kernels()` returns a kernel provider, the `compiled` flag of a neuron layer:
+- for a Leaky layer with scalar float32 parameters (`fits`), runtime/fused.py
+  calls its `scan` and `backward`, which take and return what leaky_scan and
+  leaky_backward do, by the C loops in leaky.c - the same float operations in
+  the same order (identical spikes and membranes; gradients up to summation
+  order). Its `scan_linear` also forms the linear layer after a hidden layer in
+  the forward's loop, in its own summation order (values to rounding);
+- every other layer (each neuron type, per-neuron parameters) runs its
+  `sequence`: neurons.c, one autograd node per layer (native/neurons.py).
+What the C code does not cover (another device or dtype, a surrogate it does
+not know, a convolutional recurrence) runs eagerly, never compiled.
 `LOSSES` holds the per-step cross-entropy losses of runtime/losses.py computed by
 loss.c: the loss and its gradient in one pass (the same values up to rounding).
 
+Targets: the code is written once for vectors of LANES floats (lanes.h: the
+target's width, 16 with AVX-512, 8 with AVX2, 4 otherwise) in plain C with GCC
+vector extensions; the few intrinsics have plain-C equivalents with the same
+results. FLAGS build for this CPU (-march=native); a compiler that rejects that
+gets the baseline target (SSE2 on x86-64, NEON on arm64). `variant(flags)`
+builds for another target (tests, side-by-side measurements).
+
 Why: torch.compile fuses the same loops as well, but each new process pays for
-importing dynamo and inductor and for tracing the graphs again (about 4 s here
-even with every kernel in inductor's cache, 25-30 s on a first run). This file
-compiles in about 4 seconds, once per machine: the shared library is cached
-under SNNCOMPILE_CACHE (default ~/.cache/snncompile), keyed by the source, the
-compiler and the CPU, and loads in milliseconds. Threads: OpenMP, through the
-same runtime as torch (the library is loaded after torch, which has loaded its
+importing dynamo and inductor and for tracing the graphs again (seconds even
+with every kernel in inductor's cache, tens to hundreds of seconds on a first
+run). These sources compile in seconds, once per machine (one compiler process
+per source, in parallel): the shared library is cached under SNNCOMPILE_CACHE
+(default ~/.cache/snncompile), keyed by the sources, the flags, the compiler
+and the CPU, and loads in milliseconds. Threads: OpenMP, through the same
+runtime as torch (the library is loaded after torch, which has loaded its
 libgomp), with torch.get_num_threads() threads.
 """
 
@@ -31,7 +43,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -39,10 +51,12 @@ import torch.nn.functional as F
 
 from ..cache import cache_dir
 from ..runtime import surrogates
-from ..runtime.fused import leaky_backward, leaky_scan, torch_compiled
+from ..runtime.fused import leaky_backward, leaky_run
+from . import neurons
 
-SOURCES = [Path(__file__).with_name(name) for name in ("leaky.c", "loss.c")]
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
+SOURCES = [Path(__file__).with_name(n) for n in ("leaky.c", "neurons.c", "loss.c")]
+HEADERS = [Path(__file__).with_name(n) for n in ("lanes.h", "snn.h")]  # keyed too
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC"]
 RESETS = {"subtract": 0, "zero": 1, "none": 2}
 # the surrogates leaky.c knows (its numbering), by their backward function
 SURROGATES = {
@@ -102,7 +116,15 @@ def _cpu() -> str:
     return platform.machine() + flags
 
 
-def _key(compiler: str) -> str:
+def _key(compiler: str, keys: dict = {}) -> str:  # noqa: B006 - the memo
+    """The build's key: the sources, flags, compiler version and CPU (once per
+    compiler a process uses)."""
+    if compiler not in keys:
+        keys[compiler] = _new_key(compiler)
+    return keys[compiler]
+
+
+def _new_key(compiler: str) -> str:
     try:
         version = subprocess.run(
             [compiler, "--version"],
@@ -113,8 +135,8 @@ def _key(compiler: str) -> str:
         ).stdout
     except (OSError, subprocess.SubprocessError) as err:
         raise Unavailable(f"C compiler {compiler!r} does not run: {err}") from None
-    sources = [source.read_bytes() for source in SOURCES]
-    parts = (*sources, " ".join(FLAGS).encode(), version.encode())
+    sources = [source.read_bytes() for source in SOURCES + HEADERS]
+    parts = (*sources, " ".join(FLAGS).encode(), version.encode(), compiler.encode())
     digest = hashlib.sha256(b"\0".join(parts) + _cpu().encode())
     return digest.hexdigest()[:16]
 
@@ -128,37 +150,90 @@ def _flag_sets() -> list[list[str]]:
     return sets + ([[*portable, "-fopenmp"], portable] if portable != FLAGS else [])
 
 
-def _build(compiler: str, target: Path) -> None:
+def _compile(compiler: str, flags: list[str], work: Path) -> str | None:
+    """Compile every source to an object in `work`, all at once (one process
+    each), then link them into work/kernels.so; None, or the first error."""
+    jobs = []
+    for source in SOURCES:
+        command = [compiler, *flags, "-c", str(source), "-o", f"{work / source.stem}.o"]
+        try:
+            jobs.append(
+                subprocess.Popen(
+                    command,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        except OSError as err:
+            for job in jobs:
+                job.wait()
+            raise Unavailable(f"{compiler}: {err}") from None
+    errors = [job.communicate()[1] if job.wait() else None for job in jobs]
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        return failed.strip() or "failed"
+    objects = [f"{work / source.stem}.o" for source in SOURCES]
+    link = [compiler, *flags, "-shared", *objects, "-o", str(work / "kernels.so")]
+    done = subprocess.run(link, capture_output=True, text=True, check=False)
+    return (done.stderr.strip() or "failed") if done.returncode else None
+
+
+def _build(compiler: str, target: Path, flag_sets=None) -> None:
     """Compile the sources into `target` (atomically), with the first of
-    _flag_sets() that works."""
+    `flag_sets` (default: _flag_sets()) that works."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        built = Path(work) / target.name
         errors = ""
-        for flags in _flag_sets():
-            sources = [str(source) for source in SOURCES]
-            command = [compiler, *flags, *sources, "-o", str(built)]
-            try:
-                done = subprocess.run(
-                    command, capture_output=True, text=True, check=False
-                )
-            except OSError as err:
-                raise Unavailable(f"{compiler}: {err}") from None
-            if done.returncode == 0:
-                os.replace(built, target)
+        for flags in flag_sets or _flag_sets():
+            errors = _compile(compiler, flags, Path(work))
+            if errors is None:
+                os.replace(Path(work) / "kernels.so", target)
                 return
-            errors = done.stderr.strip()
         first = errors.splitlines()[0] if errors else "failed"
-        names = " and ".join(source.name for source in SOURCES)
+        names = ", ".join(source.name for source in SOURCES)
         raise Unavailable(f"{compiler} could not build {names}: {first}")
+
+
+def _target() -> Path:
+    """Where this machine's build of the kernels lives (or will)."""
+    return cache_dir() / "native" / f"kernels-{_key(_compiler())}.so"
+
+
+@cache
+def variant(flags: tuple[str, ...]) -> ctypes.CDLL:
+    """The kernels built for another target, -march=native replaced by `flags`
+    (("-march=haswell",): AVX2; (): the compiler's baseline; ("-DSNN_LANES=8",):
+    8-float vectors in plain C), loaded (cached alike): for tests and side-by-side
+    measurements of one machine's builds. Raises Unavailable."""
+    compiler = _compiler()
+    base = [flag for flag in FLAGS if flag != "-march=native"] + list(flags)
+    tag = hashlib.sha256("\0".join(flags).encode()).hexdigest()[:8]
+    target = cache_dir() / "native" / f"variant-{_key(compiler)}-{tag}.so"
+    if not target.exists():
+        try:
+            _build(compiler, target, [[*base, "-fopenmp"], base])
+        except OSError as err:
+            raise Unavailable(f"cannot build into {target.parent}: {err}") from None
+    try:
+        return bind(ctypes.CDLL(str(target)))
+    except OSError as err:
+        raise Unavailable(f"cannot load {target}: {err}") from None
+
+
+def choices_file() -> Path:
+    """The compile mode decisions (lower/optimize.py: choose) made with this
+    build of the kernels: next to it, keyed alike."""
+    target = _target()
+    return target.with_name(target.name.replace("kernels-", "choices-", 1) + ".json")
 
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL:
     """The kernels as a loaded shared library, built first if not cached."""
     started = time.perf_counter()
+    target = _target()
     compiler = _compiler()
-    target = cache_dir() / "native" / f"kernels-{_key(compiler)}.so"
     if not target.exists():
         try:
             _build(compiler, target)
@@ -171,6 +246,11 @@ def library() -> ctypes.CDLL:
         raise Unavailable(f"cannot load {target}: {err}") from None
     STATS["loads"] += 1
     STATS["seconds"] += time.perf_counter() - started
+    return bind(lib)
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the C functions' signatures on a loaded kernel library."""
     ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.snn_leaky_forward.restype = None
     lib.snn_leaky_forward.argtypes = [
@@ -204,6 +284,23 @@ def library() -> ctypes.CDLL:
     ]  # fmt: skip
     lib.snn_leaky_panels_fit.restype = ctypes.c_int
     lib.snn_leaky_panels_fit.argtypes = [i64, i32]
+    lib.snn_lanes.restype = ctypes.c_int
+    lib.snn_lanes.argtypes = []
+    lib.snn_neuron_states.restype = ctypes.c_int
+    lib.snn_neuron_states.argtypes = [i32]
+    lib.snn_neuron_params.restype = ctypes.c_int
+    lib.snn_neuron_params.argtypes = [i32]
+    lib.snn_neuron_forward.restype = ctypes.c_int
+    lib.snn_neuron_forward.argtypes = [
+        i32, i32, i32, ptr, i32, ptr, i64, i64, i64,  # type, reset, rec, inputs
+        ptr, ptr, i64, ptr, ptr, i64, i32,  # parameters, states, outputs
+    ]  # fmt: skip
+    lib.snn_neuron_backward.restype = ctypes.c_int
+    lib.snn_neuron_backward.argtypes = [
+        i32, i32, i32, i32, f32, f32,  # type, reset, rec, surrogate
+        ptr, i32, i64, i64, i64, ptr, ptr, i64, ptr, i64,  # inputs and states
+        ptr, ptr, ptr, ptr, ptr, ptr, i32,  # gradients in and out
+    ]  # fmt: skip
     lib.snn_leaky_backward_panels.restype = ctypes.c_int
     lib.snn_leaky_backward_panels.argtypes = [
         ptr, i64, i64, i64, f32, f32, i32,  # inputs
@@ -221,6 +318,19 @@ def problem() -> str | None:
     except Unavailable as err:
         return str(err)
     return None
+
+
+def lanes() -> int:
+    """Floats per vector in this build of the kernels (the target's width)."""
+    return library().snn_lanes()
+
+
+def supports(module) -> bool:
+    """Whether the native kernels run this neuron layer: leaky.c's (a Leaky
+    layer with scalar float32 parameters on the CPU) or neurons.c's (every
+    type, on the CPU, float32, a surrogate they know, no convolutional
+    recurrence)."""
+    return LeakyKernels.fits(module) or neurons.supported(module, surrogate_kind)
 
 
 def kernels() -> LeakyKernels:
@@ -265,6 +375,24 @@ class LeakyKernels:
         return "LeakyKernels(native)"
 
     @staticmethod
+    def fits(neuron) -> bool:
+        """Whether leaky.c's kernels run this layer: a fused (Leaky) layer with
+        scalar float32 beta and threshold on the CPU; the rest of the layers
+        neurons.c runs (`sequence`)."""
+        beta, threshold = neuron.beta, neuron.threshold
+        return bool(
+            getattr(neuron, "fused", False)
+            and _scalar(beta)
+            and _scalar(threshold)
+            and beta.dtype == threshold.dtype == torch.float32
+        )
+
+    def sequence(self, neuron, cur, record_mem=True):
+        """(spk, mem) of any neuron layer over cur [T, B, ...] by neurons.c, or
+        None where it does not apply (see native/neurons.py)."""
+        return neurons.sequence(self.lib, neuron, cur, record_mem, surrogate_kind)
+
+    @staticmethod
     def _fits(cur, b, threshold) -> bool:
         return (
             cur.device.type == "cpu"
@@ -276,8 +404,8 @@ class LeakyKernels:
 
     def scan(self, cur, b, threshold, steps, reset, record=True):
         """leaky_scan(cur, b, threshold, steps, reset, record) by leaky.c."""
-        if not self._fits(cur, b, threshold):
-            return torch_compiled(leaky_scan)(cur, b, threshold, steps, reset, record)
+        if not self._fits(cur, b, threshold):  # eagerly: nothing to compile
+            return leaky_run(cur, b, threshold, steps, reset, record)[:2]
         cur, constant, steps, shape, spk, mem = _records(cur, steps, True, record)
         self.lib.snn_leaky_forward(  # elements in one row: blocks of any length
             _ptr(cur), constant, steps, 1, shape.numel(),
@@ -410,12 +538,12 @@ class LeakyKernels:
     def _fallback(
         cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold, options
     ):
-        """The torch.compile'd backward, and the weight gradient if asked for."""
+        """The eager backward, and the weight gradient if asked for."""
         *rest, through = options
         weight_grad = through is not None and through[2]
         if through is not None:
             through = (*through[:2], False)
-        grads = torch_compiled(leaky_backward)(
+        grads = leaky_backward(
             cur, spk_rec, saved, stride, grad_spk, grad_mem, b, threshold,
             (*rest, through),
         )  # fmt: skip

@@ -32,22 +32,13 @@
 #include <omp.h>
 #endif
 
+#include "lanes.h"
+#include "snn.h"
+
 #define BLOCK 256
 
-/* A parallel region's shared failure flag (a thread could not allocate its
- * buffers): set by that thread, read by all before each work item, so that
- * every thread still reaches the loop's barrier and the call returns -1. */
-static inline void set_failed(int *failed) {
-#pragma omp atomic write
-  *failed = 1;
-}
-
-static inline int has_failed(int *failed) {
-  int stop;
-#pragma omp atomic read
-  stop = *failed;
-  return stop;
-}
+/* Floats per vector in this build (see lanes.h). */
+int snn_lanes(void) { return LANES; }
 
 /* Records are [T, E]: a block reads a short piece of each step, too short for
  * the hardware prefetcher, so the loops ask for the pieces they read next (the
@@ -76,36 +67,6 @@ static inline float leaky_step(float mem, float cur, float flag, float b,
     if (reset == 0) out = out - flag * thr;
   }
   return out;
-}
-
-/* g * dS/dx at x = mem - thr; see runtime/surrogates.py for the formulas.
- * `kind` is a constant wherever this is inlined: one loop per surrogate. */
-static inline __attribute__((always_inline)) float surrogate_grad(
-    const int kind, float x, float g, float a0, float a1) {
-  switch (kind) {
-    case 1: { /* alpha / 2 / (1 + (pi / 2 * alpha * x)^2) * g */
-      float u = (float)(M_PI / 2 * a0) * x;
-      return (a0 / 2.0f) / (1.0f + u * u) * g;
-    }
-    case 2: { /* g / (slope * |x| + 1)^2 */
-      float s = a0 * fabsf(x) + 1.0f;
-      return g / (s * s);
-    }
-    case 3: { /* g * slope * sigmoid(slope x) * sigmoid(-slope x) */
-      float k = a0 * x;
-      return g * a0 * (1.0f / (1.0f + expf(-k))) * (1.0f / (1.0f + expf(k)));
-    }
-    case 4: { /* -g * threshold where x >= 0, g * threshold elsewhere */
-      float scaled = g * a0;
-      return x >= 0.0f ? -scaled : scaled;
-    }
-    case 5:
-      return g;
-    case 6: /* g * slope * exp(-beta * |x - 1|) */
-      return g * a1 * expf(-a0 * fabsf(x - 1.0f));
-    default: /* no surrogate: no gradient through the spikes */
-      return 0.0f;
-  }
 }
 
 /* Forward: spk [T, E] (and mem [T, E] unless NULL) from cur, [E] when constant
@@ -284,12 +245,7 @@ static inline __attribute__((always_inline)) void backward_block(
  * The weight gradient needs no per-thread copies to add up. Columns past the
  * last are zero lanes, never written. GCC vector extensions: each operation is
  * the scalar one on every lane (no contraction, as everywhere in this file). */
-#define LANES 16
 #define PANEL_K 32 /* the most outputs of the linear layer this path takes */
-typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
-
-static inline vf ones_where(vi mask) { return (vf)(mask & 0x3f800000); }
 
 /* leaky_step on every lane: the same operations in the same order */
 static inline __attribute__((always_inline)) vf leaky_lanes(
@@ -300,61 +256,13 @@ static inline __attribute__((always_inline)) vf leaky_lanes(
   return out;
 }
 
-
-/* a * b + c for the gradient sums, fused where the CPU has it (only those:
- * they are sums whose order and rounding are free; the membranes are not). */
-#if defined(__AVX512F__)
-#include <immintrin.h>
-static inline vf fmadd(vf a, vf b, vf c) {
-  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-}
-static inline vf splat(float x) { return (vf)_mm512_set1_ps(x); }
-#else
-static inline vf fmadd(vf a, vf b, vf c) { return a * b + c; }
-static inline vf splat(float x) {
-  vf v;
-  for (int j = 0; j < LANES; j++) v[j] = x;
-  return v;
-}
-#endif
-
-/* unaligned vector loads and stores of floats, without taking addresses */
-typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4),
-                                 may_alias));
-
-/* the first n <= LANES floats of a vector: loaded (the other lanes 0), and
- * stored (the other floats untouched); a library call of memcpy costs more than
- * these loads and stores in the loops over steps and rows */
-static inline vf load_lanes(const float *from, int n) {
-  if (n == LANES) return (vf)(*(const vfu *)from);
-#if defined(__AVX512F__)
-  return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), from);
-#else
-  vf v = {0};
-  for (int j = 0; j < n; j++) v[j] = from[j];
-  return v;
-#endif
-}
-
-static inline void store_lanes(float *to, vf v, int n) {
-  if (n == LANES) {
-    *(vfu *)to = v;
-    return;
-  }
-#if defined(__AVX512F__)
-  _mm512_mask_storeu_ps(to, (__mmask16)((1u << n) - 1), (__m512)v);
-#else
-  for (int j = 0; j < n; j++) to[j] = v[j];
-#endif
-}
-
 static inline __attribute__((always_inline)) vf panel_surrogate(
     const int kind, vf x, vf g, float a0) {
   const vf zero = {0};
   switch (kind) {
     case 1: { /* as surrogate_grad: alpha / 2 / (1 + u^2) * g */
       const vf u = (float)(M_PI / 2 * a0) * x;
-      return (zero + a0 / 2.0f) / (1.0f + u * u) * g;
+      return splat(a0 / 2.0f) / (1.0f + u * u) * g;
     }
     case 2: {
       const vf s = a0 * (vf)((vi)x & 0x7fffffff) + 1.0f;
@@ -376,6 +284,41 @@ static int panel_kind(int surrogate) {
          surrogate == 4 || surrogate == 5;
 }
 
+/* The linear layer's weight gradient in a panel, sum over t and r of
+ * grad[t, r, k] * spk[t, r, c], from the spikes alone (each is 0 or 1): per
+ * spike, its gradient row is added to its neuron's sums. Spikes are few (a
+ * tenth of the neurons per step, typically), so this costs a fraction of a
+ * dense product's multiply-adds, on every vector width. `grad`: the incoming
+ * gradient [T * rows, kv] (vectors, zero past k_out); `sums`: [LANES, kv]. */
+typedef struct {
+  const vf *grad;
+  vf *sums, *dense; /* by spikes [LANES, kv]; by products [k_out] */
+  int64_t kv;
+  int32_t *lanes, *rows; /* per listed spike: its lane, its gradient row */
+} Spikes;
+
+/* Whether adding a gradient row per spike costs less than the products, for
+ * `count` spikes in `cells` rows-and-steps of a panel: per cell, k_out
+ * multiply-adds and broadcasts against listing the spikes; per spike, an
+ * index, a load, an add and a store per vector (counts of instructions; on
+ * AVX-512 the products win at mnist_fc's tenth of neurons firing, on AVX2 and
+ * SSE2 the spikes). */
+static inline int spikes_pay(int64_t count, int64_t cells, int64_t k_out,
+                             int64_t kv) {
+  const int64_t products = cells * k_out * (SNN_HAS_FMA ? 2 : 3);
+  return cells * 6 + count * (7 + 2 * kv) < products;
+}
+
+static inline __attribute__((always_inline)) void add_spike_rows(
+    const vf *restrict grad, vf *restrict sums, const int64_t kv,
+    const int32_t *lanes, const int32_t *rows, int64_t count) {
+  for (int64_t i = 0; i < count; i++) {
+    const vf *g = grad + rows[i] * kv;
+    vf *a = sums + lanes[i] * kv;
+    for (int64_t v = 0; v < kv; v++) a[v] += g[v];
+  }
+}
+
 /* Rows row0 .. row0 + R - 1 of one panel. R rows at a time: every chain over
  * the steps (the membrane, the gradient through it, each sum) has R
  * independent copies to overlap. Work: 3 * steps * R vectors. `full`: the
@@ -384,12 +327,12 @@ static int panel_kind(int surrogate) {
 static inline __attribute__((always_inline)) void panel_rows(
     const int kind, const int R, const int full, const Backward *p,
     int64_t row0, int64_t col, int n, vf *restrict work, const vf *weight,
-    vf *acc, vf *sums) {
+    const Spikes *acc, vf *sums) {
   const int64_t steps = p->steps, rows = p->rows, cols = p->cols,
                 k_out = p->k_out;
   const float b = p->b, thr = p->thr, a0 = p->a0;
   const float zero_reset = p->reset == 1 ? 1.0f : 0.0f;
-  const vf zero = {0}, first = zero + ((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
+  const vf zero = {0}, first = splat((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
   vf *restrict mems = work, *restrict fired = work + steps * R,
                *restrict sent = work + 2 * steps * R;
   vf in[R], state[R], flag[R];
@@ -398,12 +341,15 @@ static inline __attribute__((always_inline)) void panel_rows(
     state[r] = zero;
     flag[r] = first;
   }
+  int64_t count = 0; /* spikes */
   for (int64_t t = 0; t < steps; t++) { /* the forward, exactly */
     for (int r = 0; r < R; r++) {
       state[r] = leaky_lanes(p->reset, state[r], in[r], flag[r], b, thr);
-      flag[r] = ones_where(state[r] - thr > 0.0f);
+      const vi test = state[r] - thr > 0.0f;
+      flag[r] = ones_where(test);
       mems[t * R + r] = state[r];
       fired[t * R + r] = flag[r];
+      if (acc) count += count_lanes(test, n);
     }
   }
   /* what the linear layer sends back, and its weight gradient */
@@ -418,7 +364,23 @@ static inline __attribute__((always_inline)) void panel_rows(
     }
     for (int r = 0; r < R; r++) sent[t * R + r] = s[r];
   }
-  if (acc) {
+  if (acc && spikes_pay(count, steps * R, k_out, acc->kv)) {
+    int64_t listed = 0; /* the weight gradient: each spike's gradient row */
+    for (int64_t t = 0; t < steps; t++) {
+      for (int r = 0; r < R; r++) {
+        const vi at = {0};
+        const vi test = fired[t * R + r] > 0.0f;
+        *(viu *)(acc->rows + listed) = at + (int32_t)(t * rows + row0 + r);
+        listed += list_lanes(test, n, 0, acc->lanes + listed);
+      }
+    }
+    if (acc->kv == 1) {
+      add_spike_rows(acc->grad, acc->sums, 1, acc->lanes, acc->rows, listed);
+    } else {
+      add_spike_rows(acc->grad, acc->sums, acc->kv, acc->lanes, acc->rows,
+                     listed);
+    }
+  } else if (acc) { /* the weight gradient by products */
     for (int64_t k = 0; k < k_out; k++) {
       vf part[R];
       for (int r = 0; r < R; r++) part[r] = zero;
@@ -428,7 +390,7 @@ static inline __attribute__((always_inline)) void panel_rows(
           part[r] = fmadd(splat(g_out[r * k_out]), fired[t * R + r], part[r]);
         }
       }
-      for (int r = 0; r < R; r++) acc[k] += part[r];
+      for (int r = 0; r < R; r++) acc->dense[k] += part[r];
     }
   }
   /* the gradient back through the steps */
@@ -470,35 +432,42 @@ static inline __attribute__((always_inline)) void panel_rows(
 
 static inline __attribute__((always_inline)) void backward_panel(
     const int kind, const Backward *p, int64_t panel, vf *work,
-    float *grad_weight, double *b_total, double *thr_total) {
+    const Spikes *spikes, float *grad_weight, double *b_total,
+    double *thr_total) {
   const int64_t cols = p->cols, k_out = p->k_out, col = panel * LANES;
   const int n = (int)(cols - col < LANES ? cols - col : LANES);
   const vf zero = {0};
-  vf weight[PANEL_K], acc[PANEL_K], sums[3] = {zero, zero, zero};
+  vf weight[PANEL_K], sums[3] = {zero, zero, zero};
   for (int64_t k = 0; k < k_out; k++) {
     weight[k] = load_lanes(p->through_weight + k * cols + col, n);
-    acc[k] = zero;
   }
-  vf *accs = grad_weight ? acc : NULL;
+  const Spikes *acc = grad_weight ? spikes : NULL;
+  if (acc) {
+    memset(acc->sums, 0, LANES * acc->kv * sizeof(vf));
+    memset(acc->dense, 0, k_out * sizeof(vf));
+  }
   const int full = p->sums || p->reset == 1;
   int64_t row = 0;
   for (; row + PANEL_ROWS <= p->rows; row += PANEL_ROWS) {
     if (full) {
-      panel_rows(kind, PANEL_ROWS, 1, p, row, col, n, work, weight, accs, sums);
+      panel_rows(kind, PANEL_ROWS, 1, p, row, col, n, work, weight, acc, sums);
     } else {
-      panel_rows(kind, PANEL_ROWS, 0, p, row, col, n, work, weight, accs, sums);
+      panel_rows(kind, PANEL_ROWS, 0, p, row, col, n, work, weight, acc, sums);
     }
   }
   for (; row < p->rows; row++) {
     if (full) {
-      panel_rows(kind, 1, 1, p, row, col, n, work, weight, accs, sums);
+      panel_rows(kind, 1, 1, p, row, col, n, work, weight, acc, sums);
     } else {
-      panel_rows(kind, 1, 0, p, row, col, n, work, weight, accs, sums);
+      panel_rows(kind, 1, 0, p, row, col, n, work, weight, acc, sums);
     }
   }
-  if (grad_weight) {
-    for (int64_t k = 0; k < k_out; k++) {
-      store_lanes(grad_weight + k * cols + col, acc[k], n);
+  if (acc) { /* both sums -> grad_weight [k_out, cols] */
+    for (int j = 0; j < n; j++) {
+      const float *from = (const float *)(acc->sums + j * acc->kv);
+      for (int64_t k = 0; k < k_out; k++) {
+        grad_weight[k * cols + col + j] = acc->dense[k][j] + from[k];
+      }
     }
   }
   if (p->sums) {
@@ -510,28 +479,55 @@ static inline __attribute__((always_inline)) void backward_panel(
 static int backward_panels(const Backward *p, float *grad_weight, int threads,
                            double *out_sums) {
   const int64_t panels = (p->cols + LANES - 1) / LANES;
+  const int64_t kv = (p->k_out + LANES - 1) / LANES, steps = p->steps;
+  const int64_t grad_rows = steps * p->rows;
   double b_total = 0.0, thr_total = 0.0;
   int failed = 0;
+  vf *grad = NULL; /* the incoming gradient [T * rows, kv], zero past k_out */
+  if (grad_weight) {
+    if (posix_memalign((void **)&grad, sizeof(vf), grad_rows * kv * sizeof(vf))) {
+      return -1;
+    }
+    memset(grad, 0, grad_rows * kv * sizeof(vf));
+    for (int64_t i = 0; i < grad_rows; i++) {
+      memcpy(grad + i * kv, p->through_grad + i * p->k_out,
+             p->k_out * sizeof(float));
+    }
+  }
 #pragma omp parallel num_threads(threads) reduction(+ : b_total, thr_total)
   {
-    vf *work = NULL;
-    const size_t size = 3 * PANEL_ROWS * p->steps * sizeof(vf);
-    if (posix_memalign((void **)&work, sizeof(vf), size)) {
-      work = NULL;
+    vf *work = NULL, *sums = NULL, dense[PANEL_K];
+    const size_t size = 3 * PANEL_ROWS * steps * sizeof(vf);
+    const size_t listed = PANEL_ROWS * steps * LANES + LANES;
+    int32_t *lanes = NULL, *rows = NULL;
+    if (posix_memalign((void **)&work, sizeof(vf), size)) work = NULL;
+    if (grad_weight) {
+      if (posix_memalign((void **)&sums, sizeof(vf), LANES * kv * sizeof(vf))) {
+        sums = NULL;
+      }
+      lanes = malloc(listed * sizeof(int32_t));
+      rows = malloc(listed * sizeof(int32_t));
     }
-    if (!work) set_failed(&failed);
+    if (!work || (grad_weight && (!sums || !lanes || !rows))) {
+      set_failed(&failed);
+    }
+    const Spikes spikes = {grad, sums, dense, kv, lanes, rows};
 #pragma omp for schedule(static)
     for (int64_t panel = 0; panel < panels; panel++) {
       if (has_failed(&failed)) continue; /* each thread meets the barrier */
       switch (p->surrogate) { /* specialized loops for the common surrogates */
-        case 1: backward_panel(1, p, panel, work, grad_weight, &b_total, &thr_total); break;
-        case 2: backward_panel(2, p, panel, work, grad_weight, &b_total, &thr_total); break;
+        case 1: backward_panel(1, p, panel, work, &spikes, grad_weight, &b_total, &thr_total); break;
+        case 2: backward_panel(2, p, panel, work, &spikes, grad_weight, &b_total, &thr_total); break;
         default: /* the rarer ones share a loop that switches inside */
-          backward_panel(p->surrogate, p, panel, work, grad_weight, &b_total, &thr_total);
+          backward_panel(p->surrogate, p, panel, work, &spikes, grad_weight, &b_total, &thr_total);
       }
     }
     free(work);
+    free(sums);
+    free(lanes);
+    free(rows);
   }
+  free(grad);
   out_sums[0] = b_total;
   out_sums[1] = thr_total;
   return failed ? -1 : 0;
@@ -610,30 +606,6 @@ int snn_leaky_backward(const float *cur, int constant, const float *spk,
   return failed ? -1 : 0;
 }
 
-/* Append (col + j) * kv for the lanes j < n of `test` that are true (kv: 1 or
- * 2); returns how many. The list needs LANES entries of room past its end. */
-static inline int list_lanes(vi test, int n, int32_t col, int32_t kv,
-                             int32_t *list) {
-#if defined(__AVX512F__)
-  const __mmask16 mask =
-      _mm512_test_epi32_mask((__m512i)test, (__m512i)test) & ((1u << n) - 1);
-  const __m512i lanes = _mm512_mullo_epi32(
-      _mm512_add_epi32(_mm512_set1_epi32(col),
-                       _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
-                                        4, 3, 2, 1, 0)),
-      _mm512_set1_epi32(kv));
-  _mm512_storeu_si512(list, _mm512_maskz_compress_epi32(mask, lanes));
-  return __builtin_popcount(mask);
-#else
-  int count = 0;
-  for (int j = 0; j < n; j++) {
-    list[count] = (col + j) * kv;
-    count += test[j] & 1;
-  }
-  return count;
-#endif
-}
-
 /* One row's step of the neurons for snn_leaky_forward_linear: panels of LANES
  * columns (the last may be partial), state and flag updated, spikes (and
  * membranes when `record`) stored (spikes unless spk is NULL), the fired
@@ -642,7 +614,7 @@ static inline int list_lanes(vi test, int n, int32_t col, int32_t kv,
 static inline __attribute__((always_inline)) int64_t linear_step(
     const int reset, const int record, const float *in, int64_t cols,
     vf *state, vf *flag, float b, float thr, float *spk, float *mem,
-    int32_t kv, int32_t *list) {
+    int32_t *list) {
   const int64_t full = cols / LANES;
   int64_t fired = 0;
   for (int64_t p = 0; p <= full; p++) {
@@ -657,9 +629,28 @@ static inline __attribute__((always_inline)) int64_t linear_step(
     flag[p] = spikes;
     if (spk) store_lanes(spk + col, spikes, n);
     if (record) store_lanes(mem + col, st, n);
-    fired += list_lanes(test, n, (int32_t)col, kv, list + fired);
+    fired += list_lanes(test, n, (int32_t)col, list + fired);
   }
   return fired;
+}
+
+/* The sum of w[list[i] * stride] over the `fired` listed neurons, the i-th
+ * into sum i mod 4, the four sums as (0 + 1) + (2 + 3). */
+static inline __attribute__((always_inline)) vf sum_fired(
+    const vf *w, const int64_t stride, const int32_t *list, int64_t fired) {
+  const vf zero = {0};
+  vf s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+  int64_t i = 0;
+  for (; i + 4 <= fired; i += 4) {
+    s0 += w[list[i] * stride];
+    s1 += w[list[i + 1] * stride];
+    s2 += w[list[i + 2] * stride];
+    s3 += w[list[i + 3] * stride];
+  }
+  if (i < fired) s0 += w[list[i] * stride];
+  if (i + 1 < fired) s1 += w[list[i + 1] * stride];
+  if (i + 2 < fired) s2 += w[list[i + 2] * stride];
+  return (s0 + s1) + (s2 + s3);
 }
 
 /* Forward of a Leaky layer and the linear layer its spikes feed, in one pass:
@@ -687,7 +678,7 @@ int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
   const int64_t panels = (cols + LANES - 1) / LANES, numel = rows * cols;
   const int64_t kv = (k_out + LANES - 1) / LANES; /* vectors per neuron */
   const vf zero = {0};
-  const vf first = zero + ((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
+  const vf first = splat((0.0f - thr > 0.0f) ? 1.0f : 0.0f);
   if (!snn_leaky_forward_linear_fits(k_out) || cols > INT32_MAX / 2 - LANES) {
     return 1;
   }
@@ -726,28 +717,17 @@ int snn_leaky_forward_linear(const float *cur, int constant, int64_t steps,
         float *s = spk ? spk + at : NULL, *m = mem ? mem + at : NULL;
         int64_t fired;
         switch (mode) { /* a loop for each reset, with and without record */
-          case 0: fired = linear_step(0, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
-          case 1: fired = linear_step(0, 1, in, cols, state, flag, b, thr, s, m, kv, list); break;
-          case 2: fired = linear_step(1, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
-          case 3: fired = linear_step(1, 1, in, cols, state, flag, b, thr, s, m, kv, list); break;
-          case 4: fired = linear_step(2, 0, in, cols, state, flag, b, thr, s, m, kv, list); break;
-          default: fired = linear_step(2, 1, in, cols, state, flag, b, thr, s, m, kv, list);
+          case 0: fired = linear_step(0, 0, in, cols, state, flag, b, thr, s, m, list); break;
+          case 1: fired = linear_step(0, 1, in, cols, state, flag, b, thr, s, m, list); break;
+          case 2: fired = linear_step(1, 0, in, cols, state, flag, b, thr, s, m, list); break;
+          case 3: fired = linear_step(1, 1, in, cols, state, flag, b, thr, s, m, list); break;
+          case 4: fired = linear_step(2, 0, in, cols, state, flag, b, thr, s, m, list); break;
+          default: fired = linear_step(2, 1, in, cols, state, flag, b, thr, s, m, list);
         }
         float *o = out + (t * rows + row) * k_out;
         for (int64_t j = 0; j < kv; j++) { /* the weights of those that fired */
-          const vf *w = columns + j;
-          vf s0 = zero, s1 = zero, s2 = zero, s3 = zero; /* i-th: sum i mod 4 */
-          int64_t i = 0;
-          for (; i + 4 <= fired; i += 4) {
-            s0 += w[list[i]];
-            s1 += w[list[i + 1]];
-            s2 += w[list[i + 2]];
-            s3 += w[list[i + 3]];
-          }
-          if (i < fired) s0 += w[list[i]];
-          if (i + 1 < fired) s1 += w[list[i + 1]];
-          if (i + 2 < fired) s2 += w[list[i + 2]];
-          const vf total = (s0 + s1) + (s2 + s3);
+          const vf total = kv == 1 ? sum_fired(columns, 1, list, fired)
+                                   : sum_fired(columns + j, kv, list, fired);
           const int64_t n = k_out - j * LANES < LANES ? k_out - j * LANES : LANES;
           for (int64_t k = 0; k < n; k++) {
             o[j * LANES + k] = bias ? total[k] + bias[j * LANES + k] : total[k];

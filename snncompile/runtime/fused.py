@@ -34,7 +34,9 @@ every step and its gradient is summed over T inside the backward.
 
 `fused_leaky_linear(neuron, linear, cur)` makes a hidden Leaky layer and the
 linear layer after it one node: in the compiled backward the spike gradient the
-linear layer sends back is formed step by step inside the loop.
+linear layer sends back is formed step by step inside the loop. A provider with
+a `fits(neuron)` method that says no (its Leaky kernels do not take the layer)
+gets the two layers in turn.
 
 Only torch is used. snncompile/lower/kernels.py puts these kernels on top of a
 built net; generated code keeps the plain step loops.
@@ -419,7 +421,14 @@ def fused_leaky_linear(neuron, linear, cur, spikes=True):
     linear layer with hooks or parametrizations): the two layers in turn.
     `spikes=False`: the caller does not read spk, which may then be None (a
     kernel provider whose backward recomputes the spikes keeps no record)."""
-    if torch.compiler.is_compiling() or not neuron.fused or not _plain(linear):
+    provider = neuron.compiled
+    own = getattr(provider, "fits", None)  # a provider's Leaky kernels run it
+    if (
+        torch.compiler.is_compiling()
+        or not neuron.fused
+        or not _plain(linear)
+        or (own is not None and not own(neuron))
+    ):
         spk, _ = neuron(cur, record_mem=False)
         out = None
     else:

@@ -80,11 +80,12 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const=optimize.DEFAULT_MODE,
         default=optimize.DEFAULT_MODE,
-        help="compiled kernels on top: Leaky layers by snncompile's C kernels "
-        "and other neurons by torch.compile (native, the default), every "
-        "neuron's time loop by torch.compile (neurons), the whole forward by "
-        "torch.compile (model), the fused kernels eagerly (none), or the model "
-        "exactly as codegen writes it (plain: a generated script's float order)",
+        help="compiled kernels on top: the fastest of these measured on first "
+        "use and cached (auto, the default), every neuron on snncompile's C "
+        "kernels (native), every neuron's time loop by torch.compile (neurons), "
+        "the whole forward by torch.compile (model), the fused kernels eagerly "
+        "(none), or the model exactly as codegen writes it (plain: a generated "
+        "script's float order)",
     )
     parser.add_argument(
         "--limit-train", type=_positive, metavar="N", help="first N training samples"
