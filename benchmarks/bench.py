@@ -7,7 +7,9 @@ bench` (snncompile/benchmark.py) loads this file from a source checkout.
                      [--warmup 3]
                      [--no-compile] [--reference auto|snntorch|step] [--rss]
                      [--threads N] [--clock wall|process] [--plain-optimizer]
-                     [--seed N] [--json FILE]
+                     [--seed N] [--no-peers] [--json FILE]
+    snncompile bench --workload open-neuromorphic [--neurons 4096] [--steps 500]
+                     [--batch 16] [--input currents|spikes] [--repeats 3] [...]
 
 Variants (all start from the same weights, copied from one `build(spec)`; `build`
 gives the plain model, the very code `snncompile codegen` writes, and
@@ -46,6 +48,17 @@ gives the plain model, the very code `snncompile codegen` writes, and
   on-disk cache from an earlier run makes it much shorter than a cold compile.
 - onnxruntime: inference of the ONNX sequence export (`export_onnx`), when the
   exporter is importable and the input is the raw frame (direct encoding).
+- peers: SpikingJelly's multi-step LIFNode and Norse's LIFBoxCell, where
+  installed and the spec is a chain of leaky neurons (subtract reset) and plain
+  layers (benchmarks/peers.py): the same weights and schedule as eager, each
+  peer's neuron configured as close to snnTorch's Leaky as it allows; what still
+  differs is listed in the output, and checked: each peer's spikes must equal a
+  plain-torch restatement of its equations, bit for bit (against the reference
+  they are informative). `--no-peers` leaves them out.
+
+`--workload open-neuromorphic` runs the Open Neuromorphic SNN library benchmark
+instead of a spec (OpenNeuromorphicBench below): one Linear + LIF layer, batch
+16, T = 500, 4096 neurons by default, forward + backward of spikes.sum().
 
 The snncompile variants (not the reference or the step schedule) step the
 optimizer through torch's fused implementation (`fused=True`: the same update in
@@ -86,6 +99,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -118,15 +132,66 @@ SNNTORCH_LAYERS = {"flatten", "linear", "conv1d", "conv2d", "maxpool2d", "avgpoo
 
 # --------------------------------------------------------------------------- CLI
 def configure_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="YAML or JSON spec file")
-    parser.add_argument("--batch", type=int, default=128, help="batch size (128)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds (20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds (3)")
+    parser.add_argument(
+        "spec",
+        metavar="SPEC",
+        nargs="?",
+        help="YAML or JSON spec file (or none, with --workload)",
+    )
+    parser.add_argument(
+        "--workload",
+        choices=(ON_WORKLOAD,),
+        help="a built-in workload instead of a spec: open-neuromorphic, the Open "
+        "Neuromorphic SNN library benchmark (one Linear + LIF layer; forward and "
+        "backward of spikes.sum(); see --neurons, --steps, --input)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help=f"batch size ({DEFAULTS['spec']['batch']}; "
+        f"open-neuromorphic: {DEFAULTS[ON_WORKLOAD]['batch']})",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help=f"timed rounds ({DEFAULTS['spec']['repeats']}; "
+        f"open-neuromorphic: {DEFAULTS[ON_WORKLOAD]['repeats']})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help=f"untimed rounds ({DEFAULTS['spec']['warmup']}; "
+        f"open-neuromorphic: {DEFAULTS[ON_WORKLOAD]['warmup']})",
+    )
     parser.add_argument(
         "--run",
         type=int,
-        default=5,
-        help="steps per variant per round, back to back as in training (5)",
+        help="steps per variant per round, back to back as in training "
+        f"({DEFAULTS['spec']['run']}; open-neuromorphic: "
+        f"{DEFAULTS[ON_WORKLOAD]['run']})",
+    )
+    parser.add_argument(
+        "--neurons",
+        type=int,
+        help="open-neuromorphic: input and output neurons of the layer (4096 on a "
+        "CPU, 16384 on a GPU, as the published benchmark)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"open-neuromorphic: time steps ({DEFAULTS[ON_WORKLOAD]['steps']})",
+    )
+    parser.add_argument(
+        "--input",
+        choices=("currents", "spikes"),
+        help="open-neuromorphic: the [T, B, N] input, random currents "
+        "(torch.randn, as the published benchmark; the default) or spikes "
+        f"(Bernoulli, rate {ON_SPIKE_RATE})",
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="no SpikingJelly or Norse rows (shown where installed)",
     )
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile variant"
@@ -163,19 +228,47 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
 
 
+def resolve_options(args: argparse.Namespace) -> None:
+    """Fill in the options left unset with the defaults of the spec benchmark
+    or of the workload, and check them."""
+    workload = getattr(args, "workload", None)
+    if workload is None and getattr(args, "spec", None) is None:
+        raise UserError("give a SPEC file, or --workload open-neuromorphic")
+    if workload is not None and getattr(args, "spec", None) is not None:
+        raise UserError(f"give a SPEC file or --workload {workload}, not both")
+    defaults = DEFAULTS[workload or "spec"]
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if workload is None:
+        given = [f"--{n}" for n in ON_ONLY if getattr(args, n, None) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: only with --workload {ON_WORKLOAD}")
+    elif args.rss:
+        raise UserError(
+            f"--rss measures a spec's variants; not with --workload {workload}"
+        )
+    if args.batch < 1 or args.repeats < 1 or args.run < 1 or args.warmup < 0:
+        raise UserError("--batch, --repeats and --run must be >= 1, --warmup >= 0")
+    if workload is not None and (args.neurons < 1 or args.steps < 1):
+        raise UserError("--neurons and --steps must be >= 1")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import snncompile
 
-    if args.batch < 1 or args.repeats < 1 or args.run < 1 or args.warmup < 0:
-        raise UserError("--batch, --repeats and --run must be >= 1, --warmup >= 0")
+    resolve_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = bench_device(args)
     if device.type != "cpu" and (args.rss or args.clock == "process"):
         raise UserError("--rss and --clock process measure the CPU; not with --device")
-    spec = snncompile.load(args.spec)
+    if args.workload == ON_WORKLOAD:
+        spec = open_neuromorphic_spec(args.neurons, args.steps, args.batch)
+    else:
+        spec = snncompile.load(args.spec)
     tuned = tune_allocator()  # as `snncompile train` runs; every variant alike
-    bench = Bench(spec, args)
+    bench = (OpenNeuromorphicBench if args.workload else Bench)(spec, args)
     if tuned:
         bench.notes.append(
             "malloc keeps freed large blocks (lower/optimize.py tune_allocator), "
@@ -194,7 +287,22 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0 if exact["passed"] else 1
 
 
-COMPILED = ("native", "compiled", "whole")  # the rows that compile (not --no-compile)
+COMPILED = ("native", "default", "compiled", "whole")  # rows that compile
+ON_WORKLOAD = "open-neuromorphic"
+ON_SPIKE_RATE = 0.1  # --input spikes: each input neuron fires with this probability
+DEFAULTS = {  # options left unset: the spec benchmark's, or the workload's
+    "spec": {"batch": 128, "repeats": 20, "warmup": 3, "run": 5},
+    ON_WORKLOAD: {
+        "batch": 16,
+        "repeats": 3,
+        "warmup": 1,
+        "run": 1,
+        "neurons": 4096,
+        "steps": 500,
+        "input": "currents",
+    },
+}
+ON_ONLY = ("neurons", "steps", "input")  # options of the workload alone
 
 
 def bench_device(args) -> torch.device:
@@ -229,6 +337,8 @@ class Variant:
     rss: dict | None = None
     infer: Callable | None = None  # inference override (onnxruntime)
     loss: Callable | None = None  # its own loss function (native: loss.c)
+    peer: Any = None  # a peer library's row (benchmarks/peers.py Peer)
+    forward_s: list[float] = field(default_factory=list)  # open-neuromorphic
 
 
 def snntorch_reason(graph) -> str | None:
@@ -237,7 +347,7 @@ def snntorch_reason(graph) -> str | None:
         import snntorch  # noqa: F401
     except ImportError:
         return "snntorch is not installed"
-    if graph.encoding["type"] != "direct":
+    if graph.encoding["type"] not in ("direct", "spikes"):  # spikes: x[t] per step
         return f"{graph.encoding['type']} encoding"
     if not graph.is_chain():  # the tutorial loop calls its layers in a row
         return "a layer graph with branches"
@@ -256,7 +366,9 @@ def snntorch_reason(graph) -> str | None:
 
 
 class TutorialLoop(nn.Module):
-    """The per-step loop as snnTorch's tutorials write it, with `net`'s weights."""
+    """The per-step loop as snnTorch's tutorials write it, with `net`'s weights
+    (a sequence input [T, B, ...], spikes encoding, is read as x[t] at step t,
+    as the Open Neuromorphic benchmark's snnTorch model does)."""
 
     def __init__(self, net, graph):
         import snntorch as snn
@@ -264,6 +376,7 @@ class TutorialLoop(nn.Module):
 
         super().__init__()
         self.steps = graph.steps
+        self.sequence = graph.sequence_input
         self.neurons = [n.name for n in graph.neuron_nodes]
         self.layers = nn.ModuleDict()
         for node in graph.nodes:
@@ -284,8 +397,8 @@ class TutorialLoop(nn.Module):
         mem = {name: self.layers[name].init_leaky() for name in self.neurons}
         spk_rec, mem_rec = [], []
         records = {name: [] for name in self.neurons}
-        for _ in range(self.steps):
-            h = x
+        for step in range(self.steps or x.shape[0]):  # 0: steps auto, the input's
+            h = x[step] if self.sequence else x
             for name, layer in self.layers.items():
                 if name in mem:
                     h, mem[name] = layer(h, mem[name])
@@ -324,13 +437,17 @@ class Bench:
         self.device = bench_device(args)
         self.base = snncompile.build(spec, seed=args.seed).to(self.device)
         self.graph = graph = self.base.graph
-        x, y = make_batch(graph, args.batch, args.seed + 1)
+        x, y = self._batch()
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.loss, self.need_records = make_loss(graph)
         self.decode = getattr(decode_module, registry.DECODERS[graph.decoding])
         self.notes: list[str] = []
+        self.differences: dict[str, dict] = {}  # peer key -> what still differs
         self.only = only  # build just this variant (and what it is copied from)
         self.variants = self._variants()
+
+    def _batch(self):
+        return make_batch(self.graph, self.args.batch, self.args.seed + 1)
 
     def _copy(self, schedule="layered"):
         import snncompile
@@ -372,7 +489,7 @@ class Bench:
                 plan.append(
                     (
                         "native",
-                        "snncompile native (train's default)",
+                        native_label(),
                         lambda: apply(self._copy(), "native"),
                     )
                 )
@@ -402,12 +519,13 @@ class Bench:
         if self.only is None:
             onnx = self._onnx_variant()
             out += [onnx] if onnx is not None else []
+            out += self._peer_variants()
         fused = not args.plain_optimizer
         for variant in out:
             if variant.key == "native":  # as train runs it: the loss by loss.c
                 variant.loss = make_loss(graph, native=True)[0]
             if variant.trainable:
-                own = variant.key not in ("reference", "step")
+                own = variant.key not in ("reference", "step") and not variant.peer
                 parameters = variant.model.parameters()
                 variant.optimizer = make_optimizer(parameters, self.spec, fused and own)
         if fused:
@@ -415,6 +533,53 @@ class Bench:
                 "snncompile eager/compiled variants step the optimizer with "
                 "torch's fused kernel (fused=True); --plain-optimizer to compare "
                 "without"
+            )
+        return out
+
+    def _peer_variants(self, record_mem: bool = True) -> list[Variant]:
+        """A row per peer library (SpikingJelly, Norse) that is installed and
+        can run this graph; a note for each that cannot."""
+        if getattr(self.args, "no_peers", False):
+            return []
+        out = []
+        for peer in peers_module().PEERS:
+            version = peer.version()
+            if version is None:
+                self.notes.append(
+                    f"no {peer.package} row: not installed (pip install {peer.package})"
+                )
+                continue
+            reason = peer.reason(self.graph)
+            if reason is not None:
+                self.notes.append(f"no {peer.package} row: {reason}")
+                continue
+            model = peers_module().PeerNet(self.base, self.graph, peer, record_mem)
+            out.append(
+                Variant(peer.key, peer.label(version), model.to(self.device), peer=peer)
+            )
+            surrogates = {
+                peer.surrogates[n.params["surrogate"]["type"]]
+                for n in self.graph.neuron_nodes
+            }
+            self.differences[peer.key] = {
+                "label": peer.label(version),
+                "differences": [
+                    *peer.differences,
+                    *(f"surrogate: {line}" for line in sorted(surrogates)),
+                ],
+            }
+        if out:
+            optimizer = (
+                "; they step the optimizer with torch's default implementation, as "
+                "the reference"
+                if getattr(self.args, "workload", None) is None
+                else ""
+            )
+            self.notes.append(
+                "peer rows run snncompile eager's schedule, written by hand: the "
+                "time-invariant prefix once (direct encoding), stateless layers over "
+                "[T*B, ...], each neuron over the whole sequence"
+                f"{optimizer} (benchmarks/peers.py)"
             )
         return out
 
@@ -521,12 +686,14 @@ class Bench:
         the same weights: the inference forward (every spiking layer where the
         variant returns them) and the forward of the first training step (which
         then also gives each variant's first-call time, compilation included)."""
-        inference, training = {}, {}
+        inference, training, stated = {}, {}, {}
         for variant in self.variants:
             out, variant.first_infer_s = self._wall(
                 lambda v: self.infer_step(v, all_spikes=True), variant
             )
             inference[variant.key] = out
+            if variant.peer is not None:  # from the same weights, before training
+                stated[variant.key] = self._stated(variant)
         dropout = any(n.type == "dropout" for n in self.graph.nodes)
         for variant in self.variants:
             if variant.trainable:
@@ -538,6 +705,13 @@ class Bench:
         ref = self.variants[0].key
         results, passed = {}, True
         for variant in self.variants[1:]:
+            if variant.peer is not None:
+                entry = self._peer_entry(
+                    inference[variant.key], inference[ref], stated[variant.key]
+                )
+                passed = passed and entry["equations_match"] is not False
+                results[variant.key] = entry
+                continue
             entry = compare_outputs(inference[variant.key], inference[ref])
             if variant.key in training:
                 train = compare_outputs(training[variant.key], training[ref])
@@ -552,6 +726,29 @@ class Bench:
             results[variant.key] = entry
         label = self.variants[0].label
         return {"reference": label, "passed": passed, "variants": results}
+
+    def _stated(self, variant: Variant):
+        """A peer row's forward with each neuron replaced by its stated
+        equations (peers.py), on the benchmark batch, from its current weights."""
+        model = variant.model
+        model.eval()
+        model.equations = True
+        try:
+            with torch.no_grad():
+                return model(self.x, all_spikes=True)
+        finally:
+            model.equations = False
+            model.train()
+
+    def _peer_entry(self, outputs, reference, stated) -> dict:
+        """A peer's spikes against its own stated equations (bit for bit on
+        the CPU: the list of differences is complete), and against the
+        reference (informative: other dynamics)."""
+        entry = peer_comparison(outputs, reference, stated)
+        if entry["equations_mismatches"] and self.device.type != "cpu":
+            # another device's kernels may round otherwise (fused multiply-add)
+            entry["equations_match"] = None
+        return entry
 
     def warm_up(self) -> None:
         """Untimed rounds; the first also gives the wall time of a normal call,
@@ -619,26 +816,7 @@ class Bench:
                 row["compile_train_s"] = v.first_train_s - train
                 row["compile_infer_s"] = v.first_infer_s - infer
             rows.append(row)
-        return {
-            "spec": self.graph.name,
-            "steps": self.graph.steps,
-            "batch": batch,
-            "repeats": self.args.repeats,
-            "run": self.args.run,
-            "warmup": self.args.warmup,
-            "threads": torch.get_num_threads(),
-            "clock": self.args.clock,
-            "torch": torch.__version__,
-            "device": str(self.device)
-            + (
-                f" ({torch.cuda.get_device_name(self.device)})"
-                if self.device.type == "cuda"
-                else ""
-            ),
-            "rows": rows,
-            "exactness": exact,
-            "notes": self.notes,
-        }
+        return {**report_fields(self, exact), "rows": rows}
 
 
 NEAR = 1e-4  # membranes this close (relative, at least 1) are equal to rounding
@@ -660,6 +838,43 @@ def near_threshold_flips(spk, mem, spk_ref, mem_ref) -> int | None:
     if (gap[parted] > NEAR * scale[parted]).any():
         return None
     return int(parted.sum())
+
+
+def peer_comparison(outputs, reference, stated) -> dict:
+    """A peer's (spk, mem, records) against the reference's and against its
+    stated equations' run on the same input."""
+    (spk, _, records), (spk_ref, _, rec_ref), (spk_eq, _, rec_eq) = (
+        outputs,
+        reference,
+        stated,
+    )
+    vs_equations = {"output": int((spk != spk_eq).sum())}
+    for name, rec in (records or {}).items():
+        if rec_eq and name in rec_eq:
+            vs_equations[name] = int((rec != rec_eq[name]).sum())
+    vs_reference = {"output": int((spk != spk_ref).sum())}
+    for name, rec in (records or {}).items():
+        if rec_ref and name in rec_ref:
+            vs_reference[name] = int((rec != rec_ref[name]).sum())
+    return {
+        "informative": True,  # another library's dynamics: not failed on
+        "equations_match": not any(vs_equations.values()),
+        "equations_mismatches": {k: v for k, v in vs_equations.items() if v},
+        "records": len(vs_equations),
+        "spike_mismatches": vs_reference,
+        "spikes": int(spk.numel()),
+        "rate": float(spk.float().mean()),
+        "rate_reference": float(spk_ref.float().mean()),
+    }
+
+
+def native_label() -> str:
+    """The native row's label: "(train's default)" while it is."""
+    from snncompile.lower.optimize import DEFAULT_MODE, as_mode
+
+    if as_mode(DEFAULT_MODE) == "native":
+        return "snncompile native (train's default)"
+    return "snncompile native"
 
 
 def native_note() -> str:
@@ -693,6 +908,241 @@ def compare_outputs(outputs, reference) -> dict:
         "near_threshold": near or 0,
         "spike_mismatches": layers,
         "max_mem_diff": float((mem - mem_ref).abs().max()),
+    }
+
+
+# --------------------------------------------------------------------------- peers
+PEERS_NAME = "snncompile_benchmarks_peers"  # benchmarks/peers.py, once loaded
+
+
+def peers_module():
+    """benchmarks/peers.py (SpikingJelly and Norse rows), loaded by its path as
+    this file is, and registered before it runs (its dataclasses need that)."""
+    module = sys.modules.get(PEERS_NAME)
+    if module is None:
+        path = Path(__file__).resolve().with_name("peers.py")
+        spec = importlib.util.spec_from_file_location(PEERS_NAME, path)
+        module = sys.modules[PEERS_NAME] = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[PEERS_NAME]
+            raise
+    return module
+
+
+# --------------------------------------------------------------------------- workload
+ON_SPEC = """\
+snncompile: 1
+name: open_neuromorphic
+description: the Open Neuromorphic SNN library benchmark, one Linear + LIF layer
+input: {{shape: [{neurons}], encoding: {{type: spikes}}}}  # [T, B, N] per call
+steps: {steps}
+defaults:  # snnTorch's Leaky as the benchmark's snnTorch model configures it
+  beta: 0.95
+  threshold: 1.0
+  reset: subtract
+  surrogate: {{type: atan, alpha: 2.0}}
+layers:
+  - {{type: linear, name: fc, out_features: {neurons}}}
+  - {{type: leaky, name: lif}}
+decoding: {{type: rate}}
+loss: {{type: ce_rate}}  # unused: the workload's step backpropagates spikes.sum()
+train:
+  dataset: synthetic
+  batch_size: {batch}
+  optimizer: {{type: adam, lr: 1.0e-3}}
+"""
+
+
+def open_neuromorphic_spec(neurons: int, steps: int, batch: int):
+    """The workload as a spec: N input neurons fed a [T, B, N] sequence (input
+    encoding `spikes`: the input as given, here random currents or spikes), a
+    linear layer of N outputs and a Leaky layer of N neurons."""
+    import snncompile
+
+    text = ON_SPEC.format(neurons=neurons, steps=steps, batch=batch)
+    return snncompile.loads(text, file="<open-neuromorphic workload>")
+
+
+class OpenNeuromorphicBench(Bench):
+    """The Open Neuromorphic SNN library benchmark (open-neuromorphic.org, "SNN
+    library benchmarks", 2023-2024): one Linear(N, N) + LIF layer, a [T, B, N]
+    input of random currents (torch.randn) at every step, B = 16, T = 500; a
+    step is the forward and the backward of spikes.sum() (no optimizer), both
+    timed. Rows: snnTorch's per-step loop (the benchmark's own snnTorch model,
+    beta 0.95: the reference), snncompile's default mode and eager, and the
+    installed peers (SpikingJelly's multi-step LIFNode, Norse's LIFBoxCell).
+
+    Each round gives every row `--run` steps; "forward" is the forward's share
+    of a step, "backward" the rest (gradients are set to None before each)."""
+
+    def _batch(self):
+        gen = torch.Generator().manual_seed(self.args.seed + 1)
+        shape = (self.graph.steps, self.args.batch, *self.graph.input_shape)
+        if self.args.input == "spikes":
+            x = torch.bernoulli(torch.full(shape, ON_SPIKE_RATE), generator=gen)
+        else:
+            x = torch.randn(shape, generator=gen)
+        return x, torch.zeros(self.args.batch, dtype=torch.long)
+
+    def _variants(self) -> list[Variant]:
+        graph, args = self.graph, self.args
+        reason = snntorch_reason(graph)
+        plan = []
+        if reason is None and args.reference != "step":
+            import snntorch
+
+            plan.append(
+                (
+                    "reference",
+                    f"snnTorch {snntorch.__version__} (Leaky, per-step loop)",
+                    lambda: TutorialLoop(self.base, graph).to(self.device),
+                )
+            )
+        else:
+            if reason is not None:
+                self.notes.append(f"reference is the per-step schedule ({reason})")
+            plan.append(("reference", "per-step loop", lambda: self._copy("step")))
+        out = [Variant(key, label, factory()) for key, label, factory in plan]
+        if not args.no_compile:
+            out.append(self._default_variant())
+        out.append(Variant("eager", "snncompile eager", apply(self._copy(), "none")))
+        return out + self._peer_variants(record_mem=False)
+
+    def _default_variant(self) -> Variant:
+        """snncompile's default mode as `snncompile.compile(spec)` and `train`
+        resolve it on this machine (auto: what its measurement chooses)."""
+        from snncompile.lower.optimize import DEFAULT_MODE, as_mode, preflight
+
+        net = self._copy()
+        mode, problem = preflight(DEFAULT_MODE, net)
+        if problem:
+            self.notes.append(problem)
+        default = as_mode(DEFAULT_MODE)
+        shown = mode if mode == default else f"{default}: {mode}"
+        variant = Variant("default", f"snncompile default ({shown})", apply(net, mode))
+        if mode == "native":  # built (or loaded) by now
+            self.notes.append(native_note())
+        return variant
+
+    # ----------------------------------------------------------------- steps
+    def _step(self, variant: Variant):
+        """(forward seconds, step seconds, (spk, mem)) of one step on the
+        chosen clock: forward, then backward of spikes.sum()."""
+        clock = time.process_time if self.args.clock == "process" else time.perf_counter
+        for parameter in variant.model.parameters():
+            parameter.grad = None
+        self._sync()
+        start = clock()
+        spk, mem = variant.model(self.x)[:2]
+        self._sync()
+        middle = clock()
+        spk.sum().backward()
+        self._sync()
+        end = clock()
+        mem = None if mem is None else mem.detach()
+        return middle - start, end - start, (spk.detach(), mem)
+
+    def train_step(self, variant: Variant):
+        return self._step(variant)[2]
+
+    # ----------------------------------------------------------------- phases
+    def check_exactness(self) -> dict:
+        """Every row's spikes (and the snncompile rows' membranes) in the
+        forward of the first step against the reference's, from the same
+        weights; peers also against their stated equations."""
+        outputs, stated = {}, {}
+        for variant in self.variants:
+            out, variant.first_train_s = self._wall(self.train_step, variant)
+            outputs[variant.key] = (*out, None)
+            if variant.peer is not None:  # no optimizer: the same weights
+                stated[variant.key] = self._stated(variant)
+        ref = self.variants[0]
+        results, passed = {}, True
+        for variant in self.variants[1:]:
+            if variant.peer is not None:
+                entry = self._peer_entry(
+                    outputs[variant.key], outputs[ref.key], stated[variant.key]
+                )
+                passed = passed and entry["equations_match"] is not False
+            else:
+                entry = compare_outputs(outputs[variant.key], outputs[ref.key])
+                passed = passed and entry["spikes_match"]
+            results[variant.key] = entry
+        return {"reference": ref.label, "passed": passed, "variants": results}
+
+    def warm_up(self) -> None:
+        for r in range(self.args.warmup):
+            for variant in self.variants:
+                seconds = self._wall(self.train_step, variant)[1]
+                if r == 0:
+                    variant.normal_s = (seconds, 0.0)
+
+    def time_rounds(self) -> None:
+        count = len(self.variants)
+        for r in range(self.args.repeats):
+            order = self.variants[r % count :] + self.variants[: r % count]
+            for variant in order:
+                for _ in range(self.args.run):
+                    forward, step, _ = self._step(variant)
+                    variant.forward_s.append(forward)
+                    variant.train_s.append(step)
+
+    # ----------------------------------------------------------------- report
+    def report(self, exact: dict) -> dict:
+        ref = statistics.median(self.variants[0].train_s)
+        rows = []
+        for v in self.variants:
+            step = statistics.median(v.train_s)
+            forward = statistics.median(v.forward_s)
+            backward = statistics.median(
+                total - fwd for total, fwd in zip(v.train_s, v.forward_s)
+            )
+            row: dict[str, Any] = {
+                "key": v.key,
+                "variant": v.label,
+                "train_ms": step * 1e3,
+                "forward_ms": forward * 1e3,
+                "backward_ms": backward * 1e3,
+                "train_samples_per_s": self.args.batch / step,
+                "train_speedup": ref / step,
+            }
+            if v.peak_bytes is not None:
+                row["peak_train_mb"] = v.peak_bytes / 2**20
+            if v.key in COMPILED and v.normal_s is not None:
+                row["compile_train_s"] = v.first_train_s - v.normal_s[0]
+            rows.append(row)
+        out = report_fields(self, exact)
+        out.update(
+            {
+                "workload": ON_WORKLOAD,
+                "neurons": self.args.neurons,
+                "input": self.args.input,
+                "rows": rows,
+            }
+        )
+        return out
+
+
+def report_fields(bench: Bench, exact: dict) -> dict:
+    """The fields every report has, besides its rows."""
+    device = bench.device
+    return {
+        "spec": bench.graph.name,
+        "steps": bench.graph.steps,
+        "batch": bench.args.batch,
+        "repeats": bench.args.repeats,
+        "run": bench.args.run,
+        "warmup": bench.args.warmup,
+        "threads": torch.get_num_threads(),
+        "clock": bench.args.clock,
+        "torch": torch.__version__,
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "exactness": exact,
+        "differences": bench.differences,
+        "notes": bench.notes,
     }
 
 
@@ -812,6 +1262,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def format_report(report: dict) -> str:
+    if report.get("workload") == ON_WORKLOAD:
+        return format_on_report(report)
     rows = report["rows"]
     header = [
         "variant",
@@ -865,6 +1317,9 @@ def format_report(report: dict) -> str:
     lines += ["", f"exactness vs {exact['reference']} (same weights, this batch):"]
     labels = {r["key"]: r["variant"] for r in rows}
     for key, entry in exact["variants"].items():
+        if "equations_match" in entry:
+            lines.append(f"  {labels[key]}: {peer_verdict(entry)}")
+            continue
         records = len(entry["spike_mismatches"])
         if entry["spikes_equal"]:
             verdict = f"identical spikes ({records} records)"
@@ -891,9 +1346,109 @@ def format_report(report: dict) -> str:
             f"{entry['max_mem_diff']:.2e}{extra}"
         )
     lines.append("exactness check: " + ("PASSED" if exact["passed"] else "FAILED"))
+    lines += format_differences(report)
     for note in report["notes"]:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def format_on_report(report: dict) -> str:
+    """The Open Neuromorphic workload's table, exactness and notes."""
+    header = [
+        "variant",
+        "fwd+bwd ms",
+        "x",
+        "forward ms",
+        "backward ms",
+        "samples/s",
+        "peak MB",
+        "compile s",
+    ]
+    title = (
+        f"Open Neuromorphic workload: Linear({report['neurons']}, "
+        f"{report['neurons']}) + LIF, batch {report['batch']}, T = {report['steps']}, "
+        f"input {report['input']}; forward + backward of spikes.sum(); "
+        f"{report['threads']} threads, torch {report['torch']}; {report['clock']} "
+        f"time, medians of {report['repeats']} interleaved rounds of "
+        f"{report['run']} steps per row after {report['warmup']} warm-up"
+    )
+    if report.get("device", "cpu") != "cpu":
+        title += f"; on {report['device']}"
+    lines = [
+        title,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
+    for r in report["rows"]:
+        compile_s = r.get("compile_train_s")
+        cells = [
+            r["variant"],
+            _fmt(r["train_ms"], ",.0f"),
+            _fmt(r["train_speedup"], ".2f"),
+            _fmt(r["forward_ms"], ",.0f"),
+            _fmt(r["backward_ms"], ",.0f"),
+            _fmt(r["train_samples_per_s"], ",.1f"),
+            _fmt(r.get("peak_train_mb"), ",.1f"),
+            "-" if compile_s is None else f"{max(0.0, compile_s):.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    exact = report["exactness"]
+    labels = {r["key"]: r["variant"] for r in report["rows"]}
+    lines += ["", f"exactness vs {exact['reference']} (same weights, first step):"]
+    for key, entry in exact["variants"].items():
+        if "equations_match" in entry:
+            lines.append(f"  {labels[key]}: {peer_verdict(entry)}")
+        elif entry["spikes_equal"]:
+            lines.append(
+                f"  {labels[key]}: identical spikes, max |mem diff| "
+                f"{entry['max_mem_diff']:.2e}"
+            )
+        elif entry["spikes_match"]:
+            lines.append(
+                f"  {labels[key]}: identical spikes but for {entry['near_threshold']} "
+                "neurons parting at the threshold to rounding, max |mem diff| "
+                f"{entry['max_mem_diff']:.2e}"
+            )
+        else:
+            lines.append(
+                f"  {labels[key]}: DIFFERENT spikes "
+                f"({entry['spike_mismatches']['output']:,}), max |mem diff| "
+                f"{entry['max_mem_diff']:.2e}"
+            )
+    lines.append("exactness check: " + ("PASSED" if exact["passed"] else "FAILED"))
+    lines += format_differences(report)
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def peer_verdict(entry: dict) -> str:
+    """One line on a peer row: its stated equations, and the reference."""
+    if entry["equations_match"]:
+        own = f"spikes identical to its stated equations ({entry['records']} records)"
+    elif entry["equations_match"] is None:
+        own = (
+            f"spikes differ from its stated equations {entry['equations_mismatches']} "
+            "(another device's rounding; checked on the CPU)"
+        )
+    else:
+        own = f"spikes DIFFER from its stated equations {entry['equations_mismatches']}"
+    output = entry["spike_mismatches"]["output"]
+    return (
+        f"{own}; against the reference (other dynamics, informative): "
+        f"{output:,} of {entry['spikes']:,} output spikes differ, firing rate "
+        f"{entry['rate']:.4f} vs {entry['rate_reference']:.4f}"
+    )
+
+
+def format_differences(report: dict) -> list[str]:
+    """The peers' remaining differences from snnTorch's Leaky, one per line."""
+    lines = []
+    for entry in report.get("differences", {}).values():
+        lines.append(f"{entry['label']}, what differs from snnTorch's Leaky:")
+        lines += [f"  - {line}" for line in entry["differences"]]
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

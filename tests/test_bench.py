@@ -63,7 +63,7 @@ def _bench(tmp_path, capsys, *extra):
 
 def test_bench_table_and_exactness(tmp_path, capsys):
     pytest.importorskip("snntorch")
-    code, text, report = _bench(tmp_path, capsys)
+    code, text, report = _bench(tmp_path, capsys, "--no-peers")
     assert code == 0, text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0][2:] for row in table[1:]] == ROWS
@@ -89,7 +89,7 @@ def test_bench_table_and_exactness(tmp_path, capsys):
 
 def test_bench_step_reference(tmp_path, capsys):
     """Without the snnTorch loop the reference is snncompile's per-step schedule."""
-    code, text, report = _bench(tmp_path, capsys, "--reference", "step")
+    code, text, report = _bench(tmp_path, capsys, "--reference", "step", "--no-peers")
     assert code == 0, text
     assert report["rows"][0]["variant"] == "per-step loop"
     assert "exactness check: PASSED" in text
@@ -119,7 +119,7 @@ def test_bench_rejects_bad_devices(tmp_path, capsys, device, message):
     not __import__("torch").cuda.is_available(), reason="needs a CUDA device"
 )
 def test_bench_on_cuda(tmp_path, capsys):
-    code, text, report = _bench(tmp_path, capsys, "--device", "cuda")
+    code, text, report = _bench(tmp_path, capsys, "--device", "cuda", "--no-peers")
     assert code == 0, text
     assert report["device"].startswith("cuda")
     assert report["exactness"]["passed"]
