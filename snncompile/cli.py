@@ -146,8 +146,13 @@ def schema_text() -> str:
 def run_schema(args: argparse.Namespace) -> int:
     text = schema_text()
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as err:  # a missing folder, a directory, no space...
+            raise UserError(
+                f"cannot write -o {args.output}: {err.strerror or err}"
+            ) from None
     else:
         sys.stdout.write(text)
     return 0

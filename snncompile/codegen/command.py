@@ -8,6 +8,7 @@ from a fresh render (for CI: generated/ must match specs/).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -87,15 +88,59 @@ def run_codegen(args: argparse.Namespace) -> int:
             return 1
         print(f"{len(files)} scripts in {out} are up to date")
         return 0
-    out.mkdir(parents=True, exist_ok=True)
     init = out / "__init__.py"
+    refuse_inputs([init, *files], args.specs)
+    make_out(out)
     if not init.exists():  # `from generated.NAME import Net`
-        init.write_text(PACKAGE_INIT, encoding="utf-8")
+        with writing(init):
+            init.write_text(PACKAGE_INIT, encoding="utf-8")
     for target, (spec, text) in files.items():
         data = text.encode("utf-8")
         if target.is_file() and target.read_bytes() == data:
             print(f"{target}: unchanged")
             continue
-        target.write_bytes(data)
+        with writing(target):
+            target.write_bytes(data)
         print(f"{target}: written (from {spec})")
     return 0
+
+
+def refuse_inputs(targets, specs) -> None:
+    """UserError if a script would be written over a spec file given (a spec
+    in a file named <its name>.py in the -o folder)."""
+    for target in targets:
+        for spec in specs:
+            try:
+                same = target.exists() and Path(spec).exists() and target.samefile(spec)
+            except OSError:
+                same = False
+            if same:
+                raise UserError(
+                    f"{target} is this command's input (the spec {spec}): it would "
+                    "be written over; choose another -o"
+                )
+
+
+def make_out(out: Path) -> None:
+    """The -o folder, created; UserError if it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"-o {out} is a file, not a directory") from None
+    except NotADirectoryError:
+        raise UserError(
+            f"cannot create -o {out}: a part of the path is a file"
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot create -o {out}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """A failed write (no permission, disk full) as one UserError."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None

@@ -1333,6 +1333,7 @@ def import_nir(
     checkpoint_out = (
         Path(checkpoint_out) if checkpoint_out else output.with_suffix(".pt")
     )
+    _check_targets(path, output, checkpoint_out)
     nir_graph = read_nir(path)
     if name is None:
         meta = _node_meta(nir_graph) or {}
@@ -1384,17 +1385,51 @@ def import_nir(
     for target in (output, checkpoint_out):
         if not target.parent.exists():
             raise UserError(f"cannot write {target}: no directory {target.parent}")
-    ckpt.save(
-        checkpoint_out,
-        {
-            "spec": result.graph.spec_json,
-            "model": result.state,
-            "epoch": None,
-            "source": f"NIR import of {path.name}",
-        },
-    )
-    output.write_text(result.text, encoding="utf-8")
+    try:
+        ckpt.save(
+            checkpoint_out,
+            {
+                "spec": result.graph.spec_json,
+                "model": result.state,
+                "epoch": None,
+                "source": f"NIR import of {path.name}",
+            },
+        )
+    except (OSError, RuntimeError) as err:  # torch.save: RuntimeError on a full disk
+        raise UserError(f"cannot write {checkpoint_out}: {first_line(err)}") from None
+    try:
+        output.write_text(result.text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"cannot write {output}: {first_line(err)}") from None
     return report
+
+
+def _check_targets(path: Path, output: Path, checkpoint_out: Path) -> None:
+    """Before any work: the spec and the checkpoint go to two files, neither
+    the NIR file read, neither a directory, each in a folder."""
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.resolve() == b.resolve()
+        except OSError:
+            return False
+
+    if same(output, checkpoint_out):
+        raise UserError(
+            f"-o and --checkpoint-out are the same file {output}; name two files"
+        )
+    for flag, target in (("-o", output), ("--checkpoint-out", checkpoint_out)):
+        if same(target, path):
+            raise UserError(
+                f"{flag} {target} is this command's input: it would be written "
+                "over; choose another file"
+            )
+        if target.is_dir():
+            raise UserError(f"{flag} {target} is a directory; name a file in it")
+        if target.parent.exists() and not target.parent.is_dir():
+            raise UserError(
+                f"cannot write {target}: {target.parent} is a file, not a directory"
+            )
 
 
 # =========================================================================== verify
