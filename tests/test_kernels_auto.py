@@ -122,7 +122,9 @@ def test_without_a_compiler_eager_and_the_reason_once(monkeypatch, capsys):
 def test_preflight_says_what_and_why_in_one_line(cache, capsys):
     mode, warning = optimize.preflight("auto", net())
     assert mode in ("native", "none") and warning is None
-    (line,) = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout stays clean for --json output
+    (line,) = captured.err.strip().splitlines()
     assert line.startswith(f"compile: {mode} (fastest here: ")
     assert "ms per training step of " in line and " samples, " in line
 

@@ -392,11 +392,13 @@ def _loss(graph, native: bool):
     return lambda spk, mem, targets: function(spk, mem, targets, **params)
 
 
-def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str | None]:
+def preflight(
+    mode: str, net: torch.nn.Module | None = None, quiet: bool = False
+) -> tuple[str, str | None]:
     """The mode that can run on this machine for `mode`, and a one-line warning
     when that is another (no C compiler: eager, the same values, slower). For
     auto: `choose(net)`'s mode; its one line is the warning where it falls back
-    (no compiler), else printed here on stdout (by a machine's first process)."""
+    (no compiler), else printed here on stderr (unless `quiet`; rank 0 only)."""
     mode = as_mode(mode)
     if mode == "auto":
         if net is None:  # nothing to measure: the rule
@@ -405,8 +407,8 @@ def preflight(mode: str, net: torch.nn.Module | None = None) -> tuple[str, str |
         choice = choose(net)
         if choice.warning:
             return choice.mode, choice.line()
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(choice.line(), flush=True)
+        if not quiet and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(choice.line(), file=sys.stderr, flush=True)  # not on --json stdout
         return choice.mode, None
     if mode == "native":
         why = native_problem()

@@ -554,7 +554,7 @@ def _train(
         amp.load_state_dict(payload.get("scaler"))
 
     compile_before = optimize.compile_stats()  # preflight may build native code
-    compile, problem = optimize.preflight(compile, net)
+    compile, problem = optimize.preflight(compile, net, quiet=not progress)
     if problem and ctx.local_rank == 0:
         print(f"warning: {problem}", file=sys.stderr)
     if cfg.precision != "fp32" and compile in ("native", "none", "neurons"):
