@@ -12,6 +12,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from ..paths import make_directory
 from ..spec.errors import SpecError, UserError
 
 PACKAGE_INIT = '"""Standalone training scripts written by `snncompile codegen`."""\n'
@@ -90,7 +91,7 @@ def run_codegen(args: argparse.Namespace) -> int:
         return 0
     init = out / "__init__.py"
     refuse_inputs([init, *files], args.specs)
-    make_out(out)
+    make_directory(out, "-o")
     if not init.exists():  # `from generated.NAME import Net`
         with writing(init):
             init.write_text(PACKAGE_INIT, encoding="utf-8")
@@ -119,22 +120,6 @@ def refuse_inputs(targets, specs) -> None:
                     f"{target} is this command's input (the spec {spec}): it would "
                     "be written over; choose another -o"
                 )
-
-
-def make_out(out: Path) -> None:
-    """The -o folder, created; UserError if it cannot be."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {out} is a file, not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"-o {out} is a file, not a directory") from None
-    except NotADirectoryError:
-        raise UserError(
-            f"cannot create -o {out}: a part of the path is a file"
-        ) from None
-    except OSError as err:
-        raise UserError(f"cannot create -o {out}: {err.strerror or err}") from None
 
 
 @contextlib.contextmanager

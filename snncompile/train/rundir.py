@@ -27,6 +27,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from ..paths import make_directory
 from ..spec.errors import UserError, first_line
 from . import logs
 
@@ -93,7 +94,7 @@ def default_dir(name: str, root: str | os.PathLike = "runs") -> Path:
     """A new, empty runs/<name>-<time>[-k], created here (never an existing one)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     root = Path(root)
-    _make(root, "runs folder")
+    make_directory(root, "runs folder")
     suffix = 1
     while True:
         path = root / (f"{name}-{stamp}" + (f"-{suffix}" if suffix > 1 else ""))
@@ -106,23 +107,6 @@ def default_dir(name: str, root: str | os.PathLike = "runs") -> Path:
             raise UserError(
                 f"cannot create run directory {path}: {reason(err)}"
             ) from None
-
-
-def _make(path: Path, what: str = "run directory") -> None:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {path} is a file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{what} {path} is a file, not a directory") from None
-    except NotADirectoryError:
-        raise UserError(
-            f"cannot create {what} {path}: a part of the path is a file"
-        ) from None
-    except OSError as err:
-        raise UserError(f"cannot create {what} {path}: {reason(err)}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write into {what} {path}: permission denied")
 
 
 def check_out(out) -> None:
@@ -193,7 +177,7 @@ def prepare(out, resume, name: str) -> Path:
     if out is None and resume is None:
         return default_dir(name)
     path = Path(out if out is not None else resume)
-    _make(path)
+    make_directory(path, "run directory")
     return path
 
 
