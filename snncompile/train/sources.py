@@ -25,7 +25,7 @@ from ..cache import cache_dir
 from ..lower.checkpoint import save_atomically
 from ..runtime import sources as readers
 from ..spec.errors import UserError
-from .data import SparseFrames, Split
+from .data import SparseFrames, Split, _encoded
 
 FRAMES_VERSION = 2  # bump when framing changes: old cache files are not reused
 
@@ -174,8 +174,6 @@ def _tensors(graph, source, part: str, root: Path) -> Split:
     )
     if series:
         return _capped(graph, split)
-    from .data import _encoded
-
     return _encoded(graph, split)
 
 
@@ -208,8 +206,6 @@ def _image_folder(graph, source, part: str, root: Path) -> Split:
             f"but the output layer has {graph.num_classes} neurons"
         )
     check(folder, cached["inputs"], cached["labels"], None, graph, False)
-    from .data import _encoded
-
     split = Split(cached["inputs"], cached["labels"], tuple(graph.input_shape))
     return _encoded(graph, split)
 
