@@ -3,10 +3,13 @@ spikes and membranes, graphs written with the nir package in other tools' styles
 matching the numpy reference simulation (snncompile/export/nir_sim.py) spike
 for spike, and broken files refused in one line.
 
-The conv round trip uses avgpool2d: max pooling has no NIR node (refused)."""
+Max pooling has no NIR node: of spikes it is exact as SumPool2d + Threshold;
+of anything else (Tutorial 6) it needs --approximate, which snncompile reads
+back exactly from the file's metadata."""
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 
 import h5py
@@ -139,6 +142,104 @@ def test_round_trip_conv_avgpool(tmp_path):
     """mnist_csnn's layer types with avgpool2d in place of maxpool2d."""
     report, _ = round_trip(tmp_path, spec_text(CSNN, shape="[1, 12, 12]"))
     assert report["nodes"] == 11
+
+
+def test_round_trip_mnist_csnn(tmp_path):
+    """Tutorial 6 as written: max pooling of conv currents and subtract reset,
+    which NIR cannot express, exported with --approximate (AvgPool2d, zero
+    reset) and read back exactly from the file's metadata."""
+    text = (ROOT / "specs" / "mnist_csnn.yaml").read_text()
+    report, back = round_trip(tmp_path, text, approximate=True)
+    notes = " | ".join(report["approximations"])
+    for layer in ("pool1 (maxpool2d)", "pool2 (maxpool2d)", "lif1 (leaky)"):
+        assert f"layer {layer}" in notes
+    graph = read_nir(tmp_path / "model.nir")
+    assert kind(graph.nodes["pool1"]) == "AvgPool2d"
+    assert not back["exact"]
+    assert any("pool1" in a and "maxpool2d" in a for a in back["approximations"])
+
+
+SPIKE_POOL = """
+defaults: {beta: 0.8, threshold: 0.4, reset: zero}
+layers:
+  - {type: conv2d, name: conv1, out_channels: 4, kernel_size: 3, padding: 1}
+  - {type: leaky, name: lif1}
+  - {type: maxpool2d, name: pool1, kernel_size: 2}
+  - {type: conv2d, name: conv2, out_channels: 6, kernel_size: 3}
+  - {type: if, name: lif2}
+  - {type: dropout, p: 0.2}
+  - {type: maxpool2d, name: pool2, kernel_size: 3, stride: 2, padding: 1}
+  - {type: flatten}
+  - {type: linear, name: fc1, out_features: 10}
+  - {type: leaky, name: lif3}
+decoding: {type: rate}
+loss: {type: ce_rate}
+"""
+
+
+def test_round_trip_maxpool_of_spikes(tmp_path):
+    """Max pooling of spikes is exact: SumPool2d then Threshold(0.5)."""
+    report, back = round_trip(tmp_path, spec_text(SPIKE_POOL, shape="[2, 12, 12]"))
+    graph = read_nir(tmp_path / "model.nir")
+    assert kind(graph.nodes["pool1"]) == "SumPool2d"
+    assert kind(graph.nodes["pool1_max"]) == "Threshold"
+    assert ("pool1_max", "conv2") in graph.edges
+    assert report["verification"]["reference_spikes"] > 0
+    assert back["exact"] and back["verification"]["passed"]
+
+
+def test_foreign_sumpool_threshold(tmp_path, capsys):
+    """Another tool's SumPool2d or AvgPool2d of spikes + Threshold imports as
+    maxpool2d when the threshold lies below one spike's value; else refused."""
+    gen = np.random.default_rng(4)
+    shape = (3, 6, 6)
+
+    def graph(pool, threshold):
+        nodes = {
+            "input": nir.Input(np.array([1, 6, 6])),
+            "conv": nir.Conv2d(
+                input_shape=(6, 6),
+                weight=gen.normal(0, 0.8, (3, 1, 3, 3)),
+                stride=1,
+                padding=1,
+                dilation=1,
+                groups=1,
+                bias=gen.normal(0, 0.1, 3),
+            ),
+            "lif1": nir.LIF(
+                tau=np.full(shape, 4.0),
+                r=np.full(shape, 4.0),
+                v_leak=np.zeros(shape),
+                v_threshold=np.full(shape, 0.6),
+                v_reset=np.zeros(shape),
+            ),
+            "pool": pool,
+            "max": nir.Threshold(np.full((3, 3, 3), threshold)),
+            "flat": nir.Flatten(input_type={"input": np.array([3, 3, 3])}, start_dim=0),
+            "fc": affine(gen, 5, 27, 1.0),
+            "lif2": lif(5, 0.9, 0.5),
+            "output": nir.Output(np.array([5])),
+        }
+        order = list(nodes)
+        return nir.NIRGraph(nodes, list(itertools.pairwise(order)), type_check=False)
+
+    two, zero = np.array([2, 2]), np.array([0, 0])
+    names = {"lif1": "lif1", "lif2": "lif2"}
+    for pool, threshold in [
+        (nir.SumPool2d(two, two, zero), 0.5),
+        (nir.AvgPool2d(two, two, zero), 0.2),  # one spike in the window: 0.25
+    ]:
+        report, _, mem, record, ref = check_foreign(tmp_path, graph(pool, threshold))
+        assert report["exact"]
+        layers = snncompile.load(tmp_path / "f.yaml").model_dump()["layers"]
+        assert [layer["type"] for layer in layers].count("maxpool2d") == 1
+        assert same_spikes(record, ref, names) > 50
+        np.testing.assert_allclose(mem, ref.v["lif2"], rtol=1e-6, atol=1e-6)
+    path = tmp_path / "high.nir"
+    nir.write(path, graph(nir.AvgPool2d(two, two, zero), 0.3))
+    line = _cli_error(capsys, ["import", str(path), "-o", str(tmp_path / "h.yaml")])
+    assert "node 'max' (Threshold): a stateless threshold" in line
+    assert "max of spikes" in line
 
 
 def test_round_trip_recurrent(tmp_path):
@@ -622,6 +723,7 @@ def test_export_refusals(tmp_path, capsys):
         capsys, ["export", str(tmp_path / "m.yaml"), "-o", out, "--format", "nir"]
     )
     assert "layer pool1 (maxpool2d): NIR has no max pooling" in line
+    assert "--approximate" in line
     line = _cli_error(
         capsys,
         ["export", str(tmp_path / "m.yaml"), "-o", out + ".nir", "--mode", "step"],

@@ -43,8 +43,14 @@ Not exact, refused unless `--approximate` (one line naming the layer):
 - avgpool2d with padding (NIR leaves the divisor open): exported as AvgPool2d;
   the reference averages over the whole window (PyTorch's count_include_pad);
 - batch norm (no NIR node): folded with its running statistics into the linear
-  or conv layer it alone follows (exact in the reals, rounded to float32).
-Always refused: maxpool2d, concat, iand, alpha, lapicque, rsynaptic, adaptive
+  or conv layer it alone follows (exact in the reals, rounded to float32);
+- maxpool2d of anything but spikes (NIR has no max): exported as AvgPool2d
+  over the same windows, marked in its metadata, so snncompile reads it back
+  as maxpool2d. Max pooling of a spiking layer's 0/1 output is exact: the
+  window's max is 1 exactly when its sum exceeds 0.5, so it is a SumPool2d and
+  a Threshold(0.5) node (imported back, from any tool, as maxpool2d when the
+  threshold lies in [0, g), g the pooled value of one spike).
+Always refused: concat, iand, alpha, lapicque, rsynaptic, adaptive
 thresholds (adapt != 0), conv recurrence, beta 1 for only some neurons of a
 layer, batch norm after anything else. Dropout is exported as the identity
 (inference). `--verify` runs both sides in float64 on random input.
@@ -181,7 +187,7 @@ class _Exporter:
         for node in graph.nodes:
             self.node(node)
         self.nodes[out_name] = nir.Output(np.array(graph.output.out_shape))
-        self.edges.append((graph.output.name, out_name))
+        self.edges += [(src, out_name) for src in self.sources[graph.output.name]]
         encoding = graph.encoding["type"]
         if encoding == "direct":
             seen = "the input node receives the raw sample at every step"
@@ -302,7 +308,8 @@ class _Exporter:
             self.emit(node, made, srcs)
             return
         if t == "maxpool2d":
-            self.refuse(node, "NIR has no max pooling; use avgpool2d in the spec")
+            self.maxpool(node, srcs)
+            return
         if t.startswith("batchnorm"):
             self.batchnorm(node)
             return
@@ -312,6 +319,52 @@ class _Exporter:
             self.neuron(node, srcs)
             return
         self.refuse(node, "no NIR node represents this layer type")
+
+    def maxpool(self, node, srcs: list[str]) -> None:
+        """Max pooling of spikes is exact in NIR: a window's max of 0/1 values
+        is 1 exactly when their sum exceeds 0.5, so SumPool2d then Threshold(0.5).
+        Of anything else NIR has no max; with --approximate, AvgPool2d."""
+        nir = _nir()
+        p = node.params
+        kernel = np.array(p["kernel_size"])
+        stride = np.array(p["stride"] if p["stride"] is not None else kernel)
+        padding = np.array(p["padding"])
+        source = node.inputs[0]
+        while source != "input" and self.graph.node(source).type == "dropout":
+            source = self.graph.node(source).inputs[0]
+        if source != "input" and self.graph.node(source).type in SPIKING_TYPES:
+            window = nir.SumPool2d(
+                kernel_size=kernel,
+                stride=stride,
+                padding=padding,
+                metadata=self.info(node, part="sum"),
+            )
+            self.emit(node, window, srcs)
+            top = f"{node.name}_max"
+            while top in self.taken:
+                top += "_"
+            self.taken.add(top)
+            self.nodes[top] = nir.Threshold(
+                threshold=np.full(node.out_shape, 0.5),
+                metadata=_meta({"type": node.type, "part": "max", "of": node.name}),
+            )
+            self.edges.append((node.name, top))
+            self.sources[node.name] = [top]
+            return
+        self.inexact(
+            node,
+            "NIR has no max pooling, and its input is not spikes (where "
+            "SumPool2d + Threshold is exact)",
+            "as AvgPool2d over the same windows (the mean, not the max; "
+            "snncompile reads it back as maxpool2d)",
+        )
+        made = nir.AvgPool2d(
+            kernel_size=kernel,
+            stride=stride,
+            padding=padding,
+            metadata=self.info(node, approximated="AvgPool2d"),
+        )
+        self.emit(node, made, srcs)
 
     def batchnorm(self, node) -> None:
         """Batch norm in inference (running statistics), folded into the linear
@@ -865,16 +918,70 @@ class _Importer:
             scale = np.broadcast_to(np.asarray(node.scale, dtype=np.float64), in_shape)
             total = scale if gain is None else scale * gain
             self.value[name] = (source, total)
+        elif k == "Threshold":
+            self.max_of_spikes(name)
+            return
         else:
             reasons = {
-                "Threshold": "a stateless threshold; snncompile's spikes come from "
-                "neuron layers",
                 "Delay": "snncompile has no delay layer",
                 "CubaLI": "snncompile has no non-spiking synaptic readout",
             }
             self.refuse(name, reasons.get(k, "snncompile cannot represent it"))
-        if meta and meta.get("type") in ("linear", "conv1d", "conv2d", "avgpool2d"):
+        if k == "AvgPool2d" and meta and meta.get("approximated") == "AvgPool2d":
+            self.own_maxpool(name, meta)
+        own = ("linear", "conv1d", "conv2d", "avgpool2d", "maxpool2d")
+        if meta and meta.get("type") in own:
             self.own_layer(name, meta)
+
+    def max_of_spikes(self, name: str) -> None:
+        """A Threshold reading only a pool of one spiking node's 0/1 output
+        is max pooling when it lies in [0, g): g, the value of one spike in
+        the window, is the least nonzero sum. Any other Threshold is refused."""
+        s = self.s
+        (pool,) = s.preds(name)[:1] or (None,)
+        why = (
+            "a stateless threshold; snncompile imports one only as the max of "
+            "spikes: reading only a SumPool2d or AvgPool2d of a LIF, IF or "
+            "CubaLIF node's spikes, with a threshold from 0 up to one spike's "
+            "value in the window"
+        )
+        if (
+            pool is None
+            or len(s.preds(name)) != 1
+            or kind(s.nodes[pool]) not in ("SumPool2d", "AvgPool2d")
+            or s.succs(pool) != [name]
+            or len(s.preds(pool)) != 1
+            or kind(s.nodes[s.preds(pool)[0]]) not in FIRING
+            or self.value[s.preds(pool)[0]][1] is not None
+        ):
+            self.refuse(name, why)
+        layer_name, gain = self.value[pool]
+        layer = self.layers[layer_name]
+        kh, kw = layer.fields["kernel_size"]
+        one = np.broadcast_to(1.0 if gain is None else gain, layer.shape) / (kh * kw)
+        threshold = np.broadcast_to(
+            np.asarray(self.s.nodes[name].threshold, dtype=np.float64), layer.shape
+        )
+        if not np.all((threshold >= 0) & (threshold < one)):
+            self.refuse(name, why)
+        layer.type = "maxpool2d"
+        self.value[name] = (layer.name, None)
+        meta = _node_meta(s.nodes[pool])
+        if meta and meta.get("type") == "maxpool2d":
+            self.own_layer(pool, meta)
+
+    def own_maxpool(self, name: str, meta: dict) -> None:
+        """snncompile's --approximate export of a max pooling of non-spikes as
+        AvgPool2d: read back as the maxpool2d its metadata names."""
+        layer_name, gain = self.value[name]
+        if gain is not None:
+            return
+        self.layers[layer_name].type = "maxpool2d"
+        self.approximations.append(
+            f"{self.where(name)}: snncompile exported a maxpool2d as this AvgPool2d "
+            "with --approximate; imported as maxpool2d from its metadata (NIR's "
+            "semantics, the reference's, take the mean)"
+        )
 
     def own_layer(self, name: str, meta: dict) -> None:
         """snncompile's own file: what NIR does not record of the layer as it was
@@ -889,7 +996,7 @@ class _Importer:
             layer.fields["bias"] = False
         fields = layer.fields
         if (
-            layer.type == "avgpool2d"
+            layer.type in ("avgpool2d", "maxpool2d")
             and params.get("stride", 0) is None
             and fields["stride"] == fields["kernel_size"]
         ):
@@ -1510,6 +1617,7 @@ def verify_nir(
         notes.append("approximate conversion: differences are expected")
     return {
         "passed": passed,
+        "approximate": approximate,
         "batch": batch,
         "steps": steps,
         "layers": layers,
@@ -1547,7 +1655,12 @@ def describe_export(report: dict) -> list[str]:
 def _describe_verify(result) -> list[str]:
     if not result:
         return []
-    verdict = "passed" if result["passed"] else "FAILED"
+    if result["passed"]:
+        verdict = "passed"
+    elif result.get("approximate"):
+        verdict = "differs, as approximations do"
+    else:
+        verdict = "FAILED"
     head = (
         f"verify (numpy NIR reference vs snncompile, batch {result['batch']}, "
         f"{result['steps']} steps, float64): {verdict}"
