@@ -11,8 +11,10 @@ bench` (snncompile/benchmark.py) loads this file from a source checkout.
     snncompile bench --workload open-neuromorphic [--neurons 4096] [--steps 500]
                      [--batch 16] [--input currents|spikes] [--repeats 3] [...]
 
-Variants (all start from the same weights, copied from one `build(spec)`; `build`
-gives the plain model, the very code `snncompile codegen` writes, and
+Variants (all start from the same weights, copied from one `build(spec)`, and
+each forward that the exactness check compares starts from the same RNG state,
+so that a rate encoding gives each the same spike train; `build` gives the
+plain model, the very code `snncompile codegen` writes, and
 `snncompile.lower.optimize.apply(net, mode)` puts the fast kernels on top):
 
 - reference: the per-step loop as the snnTorch tutorials write it - every layer
@@ -43,9 +45,11 @@ gives the plain model, the very code `snncompile codegen` writes, and
   C++ loop each), the rest as eager (lower/optimize.py).
 - whole-model torch.compile: `apply(build(spec), "model")`, as
   `compile(spec, whole=True)`: `torch.compile` of the plain model's forward
-  (default settings). Compile time (both compiled variants) = first call minus
-  a normal call, for training and for inference (separate graphs); inductor's
-  on-disk cache from an earlier run makes it much shorter than a cold compile.
+  (default settings, but random ops on torch's own kernels, so that a rate code
+  draws the same spikes as the others from the same seed). Compile
+  time (both compiled variants) = first call minus a normal call, for training
+  and for inference (separate graphs); inductor's on-disk cache from an earlier
+  run makes it much shorter than a cold compile.
 - onnxruntime: inference of the ONNX sequence export (`export_onnx`), when the
   exporter is importable and the input is the raw frame (direct encoding).
 - peers: SpikingJelly's multi-step LIFNode and Norse's LIFBoxCell, where
@@ -685,11 +689,13 @@ class Bench:
         """Every variant's spikes vs the reference's on the benchmark batch, from
         the same weights: the inference forward (every spiking layer where the
         variant returns them) and the forward of the first training step (which
-        then also gives each variant's first-call time, compilation included)."""
+        then also gives each variant's first-call time, compilation included).
+        Each of these forwards starts from the same RNG state (`_seeded`): a
+        rate encoding gives every variant the same spike train."""
         inference, training, stated = {}, {}, {}
         for variant in self.variants:
             out, variant.first_infer_s = self._wall(
-                lambda v: self.infer_step(v, all_spikes=True), variant
+                self._seeded(lambda v: self.infer_step(v, all_spikes=True)), variant
             )
             inference[variant.key] = out
             if variant.peer is not None:  # from the same weights, before training
@@ -697,7 +703,9 @@ class Bench:
         dropout = any(n.type == "dropout" for n in self.graph.nodes)
         for variant in self.variants:
             if variant.trainable:
-                out, variant.first_train_s = self._wall(self.train_step, variant)
+                out, variant.first_train_s = self._wall(
+                    self._seeded(self.train_step), variant
+                )
                 training[variant.key] = (*out, None)
         if dropout:  # every variant draws its own dropout masks
             training = {}
@@ -726,6 +734,20 @@ class Bench:
             results[variant.key] = entry
         label = self.variants[0].label
         return {"reference": label, "passed": passed, "variants": results}
+
+    def _seeded(self, func: Callable):
+        """`func(variant)` from the same global RNG state for every variant (and
+        the caller's state restored after): a random encoding (rate) draws its
+        spike train inside the forward, so that variants run one after another
+        would otherwise each read another train, and compare nothing."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+
+        def run(variant):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.args.seed + 2)  # + 1: the batch's
+                return func(variant)
+
+        return run
 
     def _stated(self, variant: Variant):
         """A peer row's forward with each neuron replaced by its stated

@@ -52,9 +52,9 @@ ROWS = [
 ]
 
 
-def _bench(tmp_path, capsys, *extra):
+def _bench(tmp_path, capsys, *extra, text=TINY):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY)
+    spec.write_text(text)
     out = tmp_path / "bench.json"
     argv = ["bench", str(spec), "--batch", "8", "--repeats", "2", "--warmup", "1"]
     code = main([*argv, "--no-compile", "--json", str(out), *extra])
@@ -93,6 +93,23 @@ def test_bench_step_reference(tmp_path, capsys):
     assert code == 0, text
     assert report["rows"][0]["variant"] == "per-step loop"
     assert "exactness check: PASSED" in text
+
+
+def test_bench_rate_encoding_compares_the_same_spike_trains(tmp_path, capsys):
+    """Rate encoding draws Bernoulli spikes from the global RNG inside each
+    variant's forward: every compared forward starts from the same RNG state,
+    so each variant reads the same spike train and their spikes agree (they
+    used to draw one after another, each its own train: exactness FAILED)."""
+    rate = TINY.replace("encoding: {type: direct}", "encoding: {type: rate}")
+    code, text, report = _bench(tmp_path, capsys, "--no-peers", text=rate)
+    assert code == 0, text
+    assert "exactness check: PASSED" in text
+    assert report["rows"][0]["variant"] == "per-step loop"
+    exact = report["exactness"]
+    assert set(exact["variants"]) == {"loops", "eager"}
+    for entry in exact["variants"].values():
+        assert entry["spikes_equal"] and entry["train_spikes_equal"], entry
+        assert entry["max_mem_diff"] < 1e-5
 
 
 def test_bench_rejects_bad_arguments(tmp_path, capsys):
