@@ -139,10 +139,17 @@ def batch_runner(model: torch.nn.Module, partial: bool) -> Iterator[torch.nn.Mod
 
 
 def compile_model(net: torch.nn.Module, **options) -> torch.nn.Module:
-    """torch.compile of the whole forward (neurons traced as their step loops)."""
+    """torch.compile of the whole forward (neurons traced as their step loops).
+    Random ops (rate encoding, dropout) run torch's own kernels on the global
+    RNG (inductor's fallback_random), so that a seed draws the same spikes and
+    masks as the eager model, not inductor's own numbers."""
     import torch
 
     _configure_dynamo()
+    if "mode" not in options:
+        settings = dict(options.get("options") or {})
+        settings.setdefault("fallback_random", True)
+        options = {**options, "options": settings}
     return torch.compile(net, **options)
 
 
