@@ -432,7 +432,7 @@ def test_firing_problems_name_silent_and_saturated_layers():
 
 # --------------------------------------------------------------------------- SIGTERM
 def test_sigterm_saves_a_checkpoint_that_resumes_bit_identically(tmp_path, capsys):
-    spec = write(tmp_path)
+    spec = write(tmp_path, name="tiny spec.yaml")  # the hint quotes it for the shell
     before = signal.getsignal(signal.SIGTERM)  # earlier tests may have set one
     full = train(spec, out=tmp_path / "full")
 
@@ -444,6 +444,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_bit_identically(tmp_path, capsy
         train(spec, out=tmp_path / "cut", on_iteration=terminate)
     err = capsys.readouterr().err
     assert "SIGTERM received" in err and f"--resume {tmp_path / 'cut'}" in err
+    assert f"snncompile train '{spec}' --resume {tmp_path / 'cut'}" in err
     payload = weights(tmp_path / "cut")
     assert (payload["epoch"], payload["step"]) == (0, 2)
     resumed = train(spec, resume=tmp_path / "cut")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -820,7 +821,9 @@ def _train(
                     if ctx.main:
                         save("checkpoint.pt", state(epoch - 1, step, partial, rngs))
                         finish(interrupted=True)
-                        _resume_hint(run_dir, epoch, step, per_epoch, ctx.world)
+                        _resume_hint(
+                            run_dir, spec_file, epoch, step, per_epoch, ctx.world
+                        )
                     raise KeyboardInterrupt
             bar.close()
             seconds = time.perf_counter() - started
@@ -912,7 +915,7 @@ def _train(
                 break
             if ctx.any(stop.requested) and epoch < cfg.epochs:
                 if ctx.main:
-                    _resume_hint(run_dir, epoch + 1, 0, per_epoch, ctx.world)
+                    _resume_hint(run_dir, spec_file, epoch + 1, 0, per_epoch, ctx.world)
                 raise KeyboardInterrupt
     if ctx.main:
         with _writing(run_dir / "raster.png"):
@@ -1044,13 +1047,22 @@ def _report(entry: dict, epochs: int) -> None:
 
 
 def _resume_hint(
-    run_dir: Path, epoch: int, step: int, per_epoch: int, world: int = 1
+    run_dir: Path,
+    spec_file,
+    epoch: int,
+    step: int,
+    per_epoch: int,
+    world: int = 1,
 ) -> None:
+    """The command that continues the run: with the spec file it was given
+    (a Spec object: the run's own spec.yaml), quoted for the shell."""
     where = f"epoch {epoch}" + (f", iteration {step + 1}/{per_epoch}" if step else "")
     nproc = f" --nproc {world}" if world > 1 else ""
+    spec = run_dir / "spec.yaml" if spec_file is None else spec_file
     print(
         f"saved {run_dir / 'checkpoint.pt'}; continue at {where} with:\n"
-        f"  snncompile train SPEC --resume {run_dir}{nproc}",
+        f"  snncompile train {shlex.quote(str(spec))} "
+        f"--resume {shlex.quote(str(run_dir))}{nproc}",
         file=sys.stderr,
     )
 
