@@ -459,7 +459,8 @@ def test_sigterm_to_the_command_exits_with_a_resume_hint(tmp_path):
     spec = write(tmp_path, epochs=1000, limit_train=64)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "snncompile", "train", str(spec), "--out",
-               str(run), "--quiet", "--compile", "none"]  # fmt: skip
+               str(run), "--quiet", "--compile", "none",
+               "--set", "train.seed=7"]  # fmt: skip
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -475,8 +476,13 @@ def test_sigterm_to_the_command_exits_with_a_resume_hint(tmp_path):
     assert "Traceback" not in err
     payload = weights(run)
     assert payload["epoch"] >= 1
-    metrics = train(spec, resume=run, epochs=payload["epoch"] + 1)
-    assert metrics["epochs"] == payload["epoch"] + 1
+    # the hint repeats --set: its command resumes (without, the seed differs)
+    hint = err.split("with:\n", 1)[1].splitlines()[0].split()
+    assert hint[:6] == ["snncompile", "train", str(spec), "--set", "train.seed=7",
+                        "--resume"]  # fmt: skip
+    epochs = str(payload["epoch"] + 1)
+    assert main([*hint[1:], "--epochs", epochs, "--quiet", "--compile", "none"]) == 0
+    assert weights(run)["epoch"] == payload["epoch"] + 1
 
 
 # --------------------------------------------------------------------------- resume

@@ -1055,13 +1055,20 @@ def _resume_hint(
     world: int = 1,
 ) -> None:
     """The command that continues the run: with the spec file it was given
-    (a Spec object: the run's own spec.yaml), quoted for the shell."""
+    (a Spec object: the run's own spec.yaml) and its --set overrides, quoted
+    for the shell."""
+    from ..spec.load import _cli_overrides
+
     where = f"epoch {epoch}" + (f", iteration {step + 1}/{per_epoch}" if step else "")
     nproc = f" --nproc {world}" if world > 1 else ""
     spec = run_dir / "spec.yaml" if spec_file is None else spec_file
+    sets = "".join(
+        f" --set {shlex.quote(a)}"
+        for a in ([] if spec_file is None else _cli_overrides(str(spec_file)))
+    )
     print(
         f"saved {run_dir / 'checkpoint.pt'}; continue at {where} with:\n"
-        f"  snncompile train {shlex.quote(str(spec))} "
+        f"  snncompile train {shlex.quote(str(spec))}{sets} "
         f"--resume {shlex.quote(str(run_dir))}{nproc}",
         file=sys.stderr,
     )
