@@ -197,6 +197,66 @@ def test_a_trial_interrupted_mid_run_continues_from_its_checkpoint(
     ]
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_a_trials_last_epoch_stops_the_sweep(
+    uninterrupted, tmp_path, monkeypatch, capsys, signum
+):
+    """Ctrl-C (or SIGTERM) while trial 1's last epoch is saved: training
+    finishes that epoch (nothing is left to resume), the sweep records the
+    trial and stops there, as after a signal in any other epoch."""
+    import signal
+
+    expected, spec = uninterrupted
+    report = sweeps._Report.__call__
+
+    def interrupt(self, epoch, entry):
+        if self.trial.number == 1 and epoch == self.epochs:
+            signal.raise_signal(getattr(signal, signum))  # a real signal, once
+        report(self, epoch, entry)
+
+    monkeypatch.setattr(sweeps._Report, "__call__", interrupt)
+    out = tmp_path / "out"
+    again = ["sweep", str(spec), "--out", str(out), "--compile", "none", "--quiet"]
+    assert main(again) == 130
+    err = capsys.readouterr().err
+    with open(out / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["state"] for r in rows] == states(expected)[:2]  # no trial 2
+    assert "sweep interrupted after 2 of 3 trials. Continue with:" in err
+    assert f"snncompile sweep {spec} --out {out} --compile none" in err
+    metrics = json.loads((out / "trial-001" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and not metrics["interrupted"]
+    monkeypatch.setattr(sweeps._Report, "__call__", report)
+    second = run(spec, out)
+    assert "2 of 3 trials finished already; continuing" in capsys.readouterr().err
+    assert states(second) == states(expected)
+    assert [t.value for t in second.study.trials] == [
+        t.value for t in expected.study.trials
+    ]
+
+
+def test_a_signal_before_a_trial_is_pruned_stops_the_sweep(tmp_path, monkeypatch):
+    """Ctrl-C while an epoch is saved, then the pruner stops the trial: the
+    trial is recorded as pruned and the sweep stops (it does not go on)."""
+    import signal
+
+    import optuna
+
+    spec = write(tmp_path)
+    report = sweeps._Report.__call__
+
+    def prune(self, epoch, entry):
+        if self.trial.number == 0 and epoch == 1:
+            signal.raise_signal(signal.SIGINT)
+            raise optuna.TrialPruned("pruned for the test")
+        report(self, epoch, entry)
+
+    monkeypatch.setattr(sweeps._Report, "__call__", prune)
+    result = run(spec, tmp_path / "out")
+    assert result.interrupted
+    assert states(result) == ["pruned"]
+
+
 def test_the_cli_with_trials_2_then_4_ends_with_4_finished_trials(tmp_path, capsys):
     spec = write(tmp_path)
     out = tmp_path / "out"

@@ -407,6 +407,7 @@ def train(
     tensorboard=False,
     log_every=PROGRESS_EVERY,
     on_epoch=None,
+    stop=None,
 ) -> dict:
     """Train a spec and write a run directory; returns the metrics (metrics.json).
 
@@ -416,6 +417,9 @@ def train(
     (logs.py). A non-finite loss raises safeguards.Diverged (a UserError).
     `on_iteration(epoch, iteration)` is called after every optimizer step;
     `on_epoch(epoch, entry)` after each epoch is saved (entry: its history row).
+    `stop`: the DeferredInterrupt that takes Ctrl-C and SIGTERM (default: a
+    new one); its `.requested` tells the caller whether a stop was asked for,
+    also one that came too late to cut the run short (in its last epoch).
     In a process that torchrun started (WORLD_SIZE > 1) this is one rank of a
     data-parallel run (distributed.py): every rank calls train() alike; rank 0
     writes the run directory. `threads_per_rank`: torch threads of each rank
@@ -429,6 +433,7 @@ def train(
         "tensorboard": tensorboard,
         "log_every": log_every,
         "on_epoch": on_epoch,
+        "stop": stop,
         "held": held,
     }
     try:
@@ -710,7 +715,7 @@ def _train(
 
     if payload is None and ctx.main:
         save("checkpoint.pt", state(0, 0))  # resumable from the start
-    with DeferredInterrupt(announce=ctx.main) as stop:
+    with extra["stop"] or DeferredInterrupt(announce=ctx.main) as stop:
         for epoch in range(start_epoch, cfg.epochs + 1):
             seed_now = epoch_seed(cfg.seed, epoch)
             torch.manual_seed(distributed.rank_seed(seed_now, ctx.rank))

@@ -16,7 +16,9 @@ Each epoch's metric is reported to Optuna; with `pruning` a trial worse than
 the median of the earlier trials at that epoch stops (state pruned; its run
 directory holds what it trained). A trial that fails with a user error (a
 diverged loss, a value the network cannot take) is recorded as failed and the
-sweep goes on.
+sweep goes on. A Ctrl-C (or SIGTERM) that training takes without stopping (it
+came in a trial's last epoch, or the pruner or an error ended the trial first)
+stops the sweep once that trial is recorded.
 """
 
 from __future__ import annotations
@@ -393,7 +395,7 @@ class _Runner:
         return [self.optuna.trial.Trial(self.study, t._trial_id) for t in running]
 
     def run(self, trial, total: int, resumed: bool, on_trial=None) -> None:
-        from .loop import train
+        from .loop import DeferredInterrupt, train
 
         optuna, states = self.optuna, self.optuna.trial.TrialState
         number = trial.number
@@ -408,6 +410,10 @@ class _Runner:
         trial.set_user_attr("run_dir", run_dir.name)
         self.current = number
         report = _Report(trial, self.metric, self.base.sweep.pruning)
+        # the trial's Ctrl-C and SIGTERM: one that training took without
+        # stopping (in its last epoch, or before the pruner or an error ended
+        # it) stops the sweep once the trial is recorded
+        stop = DeferredInterrupt()
         state, value, note = None, None, ""
         try:
             from ..spec.sweep import assignment
@@ -431,6 +437,7 @@ class _Runner:
                     resume=resume,
                     overwrite=resumed and resume is None,  # killed before a checkpoint
                     on_epoch=report,
+                    stop=stop,
                     **self.options,
                 )
             value = final_value(metrics, self.metric)
@@ -466,6 +473,8 @@ class _Runner:
         _write_csv(self.folder / SUMMARY, rows, self.metric, self.base.sweep)
         if on_trial is not None:
             on_trial(next(r for r in rows if r["trial"] == number))
+        if stop.requested:
+            raise KeyboardInterrupt
 
 
 class _Report:
