@@ -79,12 +79,16 @@ def write_shd(
     folder: str = "SHD",
     prefix: str = "shd",
     classes: int = 20,
+    n_valid: int = 0,
 ):
-    """SHD/shd_{train,test}.h5 (or SSC/ssc_*.h5) with random spikes over 700
-    channels, the channel range set by the label."""
+    """SHD/shd_{train,test}.h5 (or SSC/ssc_*.h5, with `n_valid` samples in
+    ssc_valid.h5) with random spikes over 700 channels, the channel range set
+    by the label."""
     rng = np.random.default_rng(1)
     width = 700 // classes
-    for split, n in (("train", n_train), ("test", n_test)):
+    for split, n in (("train", n_train), ("test", n_test), ("valid", n_valid)):
+        if split == "valid" and not n:
+            continue
         times, units, labels = [], [], []
         for i in range(n):
             label = i % classes
@@ -96,9 +100,18 @@ def write_shd(
         write_spike_h5(root / folder / f"{prefix}_{split}.h5", times, units, labels)
 
 
-def write_ssc(root: Path) -> None:
-    """SSC/ssc_{train,test}.h5: SHD's format with 35 classes."""
-    write_shd(root, n_train=70, n_test=35, folder="SSC", prefix="ssc", classes=35)
+def write_ssc(root: Path, n_valid: int = 21) -> None:
+    """SSC/ssc_{train,test,valid}.h5 (no ssc_valid.h5 with `n_valid` 0): SHD's
+    format with 35 classes."""
+    write_shd(
+        root,
+        n_train=70,
+        n_test=35,
+        folder="SSC",
+        prefix="ssc",
+        classes=35,
+        n_valid=n_valid,
+    )
 
 
 def write_dvs_tonic(root: Path, per_class: int = 1, events: int = 80) -> None:

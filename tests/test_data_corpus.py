@@ -97,6 +97,14 @@ MODELS = {
             {"type": "leaky", "beta": 0.9},
         ],
     },
+    "ssc": {
+        "input": {"shape": [700], "encoding": {"type": "spikes"}},
+        "steps": "auto",
+        "layers": [
+            {"type": "linear", "out_features": 35},
+            {"type": "leaky", "beta": 0.9},
+        ],
+    },
     "dvs": {
         "input": {"shape": [2, 128, 128], "encoding": {"type": "spikes"}},
         "steps": "auto",
@@ -346,6 +354,17 @@ def w_shd_unit_outside(root):
     _shd(root, times, units, [0, 1, 2])
 
 
+def w_ssc_valid_not_hdf5(root):
+    ef.write_ssc(root, n_valid=0)  # good ssc_train.h5 and ssc_test.h5
+    (root / "SSC" / "ssc_valid.h5").write_text("this is not HDF5\n")
+
+
+def w_ssc_valid_labels(root):
+    ef.write_ssc(root, n_valid=0)
+    times, units = _spikes(3)
+    ef.write_spike_h5(root / "SSC" / "ssc_valid.h5", times, units, [0, 40, 2])
+
+
 def w_dvs_missing_aedat(root):
     folder = root / "DVSGesture"
     folder.mkdir()
@@ -421,6 +440,7 @@ PT = {"train": "d/train.pt"}
 NMNIST = {"type": "nmnist", "frames": BINS}
 SHD = {"type": "shd", "frames": BINS}
 DVS = {"type": "dvs_gesture", "frames": BINS}
+SSC = {"type": "ssc", "frames": BINS}
 
 # (id, writer, model, train.dataset, the file or folder named, words in the error)
 CASES = [
@@ -496,6 +516,10 @@ CASES = [
      ["not a readable HDF5 file"]),
     ("shd-unit-outside", w_shd_unit_outside, "shd", SHD, "SHD/shd_train.h5:",
      ["sample 2 has unit 900", "700 channels"]),
+    ("ssc-valid-not-hdf5", w_ssc_valid_not_hdf5, "ssc", SSC, "SSC/ssc_valid.h5:",
+     ["not a readable HDF5 file"]),
+    ("ssc-valid-labels-out-of-range", w_ssc_valid_labels, "ssc", SSC,
+     "data/SSC (val):", ["labels 0..40 outside 0..34"]),
     ("dvs-missing-aedat", w_dvs_missing_aedat, "dvs", DVS, "user09_led.aedat",
      ["trials_to_train.txt", "not in"]),
     ("dvs-missing-labels-csv", w_dvs_missing_labels_csv, "dvs", DVS,

@@ -625,7 +625,8 @@ def _(ctx):
     ctx.monkeypatch.setattr(
         rundir.shutil, "disk_usage", lambda path: usage._replace(free=1000)
     )
-    ctx.monkeypatch.setattr(loop, "load_split", lambda *a, **k: pytest.fail("loaded"))
+    for name in ("load_training", "load_split"):
+        ctx.monkeypatch.setattr(loop, name, lambda *a, **k: pytest.fail("loaded"))
     result = ctx.train(spec)
     assert not (ctx.tmp / "run").exists()
     return result

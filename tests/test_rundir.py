@@ -320,9 +320,10 @@ def test_too_little_space_is_known_before_the_data(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(
         rundir.shutil, "disk_usage", lambda path: usage._replace(free=1000)
     )
-    monkeypatch.setattr(
-        loop, "load_split", lambda *a, **k: pytest.fail("loaded data first")
-    )
+    for name in ("load_training", "load_split"):
+        monkeypatch.setattr(
+            loop, name, lambda *a, **k: pytest.fail("loaded data first")
+        )
     assert main(command(spec, tmp_path / "run")) == 2
     err = one_error(capsys)
     assert "not enough space" in err and "MB free" in err

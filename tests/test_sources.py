@@ -433,6 +433,123 @@ def test_val_fraction_holds_out_a_fixed_part(tmp_path):
     assert metrics["train_samples"] == 18
 
 
+def test_val_fraction_reads_the_training_file_once(tmp_path, monkeypatch):
+    """The held-out part and the rest come from one read of the training file
+    (a second read cost as much again); what each part holds is unchanged."""
+    from snncompile.runtime import sources as readers
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _write_tensors(root, ".npz", False, False)
+    spec_path = _spec(
+        tmp_path,
+        "val",
+        "{type: tensors, train: train.npz, test: test.npz, inputs_key: x, "
+        "targets_key: y}\n  val_fraction: 0.25",
+        "[3, 4]",
+        3,
+        "rate",
+        4,
+    )
+    graph = snncompile.analyze(snncompile.load(spec_path))
+    apart = load_split(graph, True, root=root), load_split(graph, "val", root=root)
+    read, real = [], readers.read_tensors
+
+    def counted(path, *keys):
+        read.append(Path(path).name)
+        return real(path, *keys)
+
+    monkeypatch.setattr(readers, "read_tensors", counted)
+    metrics = loop.train(
+        snncompile.load(spec_path),
+        data_root=root,
+        out=tmp_path / "run",
+        progress=False,
+        compile="none",
+    )
+    assert sorted(read) == ["test.npz", "train.npz"]
+    assert metrics["train_samples"] == 18
+    assert metrics["history"][0]["val_accuracy"] is not None
+    read.clear()
+    from snncompile.train.data import load_training
+
+    train, val = load_training(graph, root=root, limit=10)
+    assert read == ["train.npz"]
+    assert torch.equal(train.inputs, apart[0].inputs[:10])
+    assert torch.equal(val.inputs, apart[1].inputs) and len(val) == 6
+
+
+SSC = "{type: ssc, frames: {n_time_bins: 5}, downsample: 10}"
+
+
+def test_ssc_validates_on_its_own_valid_file(tmp_path, monkeypatch):
+    """SSC's ssc_valid.h5, when present, is the validation split (evaluated
+    after every epoch, in metrics.json and metrics.csv); the training samples
+    are all of ssc_train.h5, as in the generated script."""
+    import csv
+
+    from snncompile.runtime import sources as readers
+
+    root = tmp_path / "data"
+    ef.write_ssc(root, n_valid=21)
+    spec_path = _spec(tmp_path, "sscv", SSC, "[70]", 35)
+    graph = snncompile.analyze(snncompile.load(spec_path))
+    read, real = [], readers.read_ssc
+
+    def counted(folder, train):
+        read.append(train)
+        return real(folder, train)
+
+    monkeypatch.setattr(readers, "read_ssc", counted)
+    train, val = load_split(graph, True, root=root), load_split(graph, "val", root=root)
+    assert read == [True, "valid"]
+    assert (len(train), len(val)) == (70, 21)
+    _, labels = real(str(root / "SSC"), "valid")
+    assert val.labels.tolist() == labels
+    metrics = loop.train(
+        snncompile.load(spec_path),
+        data_root=root,
+        out=tmp_path / "run",
+        progress=False,
+        compile="none",
+        epochs=2,
+    )
+    assert read == [True, "valid", False]  # the splits were cached
+    assert metrics["train_samples"] == 70
+    assert all(h["val_accuracy"] is not None for h in metrics["history"])
+    with open(tmp_path / "run" / "metrics.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["kind"] == "epoch"]
+    assert [r["val_accuracy"] != "" for r in rows] == [True, True]
+    # without the file: no validation split (as before)
+    from snncompile.train.data import validation
+
+    assert validation(graph, root) == "file"
+    (root / "SSC" / "ssc_valid.h5").unlink()
+    assert validation(graph, root) is None
+    assert load_split(graph, "val", root=root) is None
+
+
+def test_ssc_val_fraction_holds_out_of_ssc_train_instead(tmp_path, monkeypatch):
+    """train.val_fraction, when set, wins over ssc_valid.h5 (not read)."""
+    from snncompile.runtime import sources as readers
+    from snncompile.train.data import load_training, validation
+
+    root = tmp_path / "data"
+    ef.write_ssc(root, n_valid=21)
+    spec_path = _spec(tmp_path, "sscf", SSC + "\n  val_fraction: 0.2", "[70]", 35)
+    graph = snncompile.analyze(snncompile.load(spec_path))
+    assert validation(graph, root) == "fraction"
+    read, real = [], readers.read_ssc
+    monkeypatch.setattr(
+        readers,
+        "read_ssc",
+        lambda folder, train: read.append(train) or real(folder, train),
+    )
+    train, val = load_training(graph, root=root)
+    assert read == [True]
+    assert (len(train), len(val)) == (56, 14)
+
+
 def test_event_model_exports_onnx_with_time_major_input(tmp_path):
     root = tmp_path / "data"
     ef.write_nmnist(root, per_class=1)

@@ -91,8 +91,10 @@ def read_shd(folder, train):
 
 
 def read_ssc(folder, train):
-    """Spiking Speech Commands: ssc_train.h5 or ssc_test.h5 in `folder`."""
-    return read_spike_h5(os.path.join(folder, f"ssc_{'train' if train else 'test'}.h5"))
+    """Spiking Speech Commands: ssc_train.h5 (train True), ssc_test.h5 (False)
+    or the validation split ssc_valid.h5 (train "valid") in `folder`."""
+    split = "valid" if train == "valid" else "train" if train else "test"
+    return read_spike_h5(os.path.join(folder, f"ssc_{split}.h5"))
 
 
 def read_dvs_gesture(folder, train):

@@ -66,6 +66,7 @@ class EventSource(Strict):
     LAYOUT: ClassVar[str]  # what is expected in the folder (for errors)
     OBTAIN: ClassVar[str]  # where the public files come from
     TWO_D: ClassVar[bool] = True
+    VALID: ClassVar[str | None] = None  # its own validation file in the folder
 
     path: str | None = Field(
         None,
@@ -130,7 +131,12 @@ class SSC(EventSource):
     LAYOUT = "ssc_train.h5, ssc_valid.h5 and ssc_test.h5"
     OBTAIN = "https://zenkelab.org/datasets/ (ssc_*.h5.gz; gunzip)"
     TWO_D = False
-    type: Literal["ssc"] = Field(description="Spiking Speech Commands (700 channels).")
+    VALID = "ssc_valid.h5"
+    type: Literal["ssc"] = Field(
+        description="Spiking Speech Commands (700 channels). ssc_valid.h5, when "
+        "present, is the validation split (evaluated after every epoch); a "
+        "train.val_fraction above 0 holds out part of ssc_train.h5 instead."
+    )
 
 
 class DVSGesture(EventSource):

@@ -450,7 +450,9 @@ class Train(Strict):
         ge=0,
         lt=1,
         description="Hold out this fraction of the training samples (a fixed, "
-        "seeded choice) for validation after every epoch.",
+        "seeded choice) for validation after every epoch. A `val` file of the "
+        "dataset wins over it; it wins over SSC's own ssc_valid.h5 (which is the "
+        "validation split when this is 0).",
     )
     normalize: Normalize | None = Field(
         None, description="Normalize inputs after scaling to [0, 1]."

@@ -375,33 +375,85 @@ def load_split(
     download: bool = True,
 ) -> Split | None:
     """The train (True), test (False) or validation ("val") split of the spec's
-    dataset, limited to `limit` samples; None for "val" when there is none.
-    `train.val_fraction` holds out a fixed part of the training samples."""
+    dataset, limited to `limit` samples; None for "val" when there is none
+    (`validation`). `train.val_fraction` holds out a fixed part of the training
+    samples. The training loop takes train and val from `load_training`."""
     part = "val" if train == "val" else "train" if train else "test"
-    source = graph.source
-    fraction = graph.train.get("val_fraction", 0.0)
-    explicit_val = source is not None and (getattr(source, "val", None) is not None)
-    if part == "val" and not (fraction or explicit_val):
-        return None
-    read = part
-    if part == "val" and not explicit_val:
-        read = "train"  # the hold-out comes out of the training samples
-    if source is None:
-        split = _builtin(graph, read == "train", root, normalize, download)
+    if part == "test":
+        split = _whole(graph, "test", root, normalize, download)
     else:
-        from .sources import from_source
+        split = _training(graph, (part,), root, normalize, download)[part]
+    return _limited(split, limit)
 
-        split = from_source(graph, source, read, data_root(root))
-    if fraction and not explicit_val and part != "test":
-        kept, held = datasets.validation_split(len(split), fraction)
-        if len(kept) == 0:
-            raise UserError(
-                f"train.val_fraction {fraction} leaves none of the {len(split)} "
-                "training samples"
-            )
-        split = split.subset(held if part == "val" else kept)
-    if limit is not None and limit < len(split):
-        split = split.subset(torch.arange(limit))
+
+def load_training(
+    graph, root=None, limit: int | None = None, normalize=None, download: bool = True
+) -> tuple[Split, Split | None]:
+    """(the training split limited to `limit`, the validation split or None):
+    load_split's "train" and "val" in one go, so that a validation part held
+    out of the training samples costs no second read of the training data."""
+    splits = _training(graph, ("train", "val"), root, normalize, download)
+    return _limited(splits["train"], limit), splits["val"]
+
+
+def validation(graph, root=None) -> str | None:
+    """Where the validation split comes from: "file" (the source's `val` file,
+    which wins over train.val_fraction; or its dataset's own validation file,
+    SSC's ssc_valid.h5, when present and val_fraction is 0), "fraction" (held
+    out of the training samples) or None (no validation split)."""
+    source = graph.source
+    if source is not None and getattr(source, "val", None) is not None:
+        return "file"
+    if graph.train.get("val_fraction", 0.0):
+        return "fraction"
+    if source is not None and getattr(source, "VALID", None):
+        from .sources import validation_file
+
+        if validation_file(source, data_root(root)) is not None:
+            return "file"
+    return None
+
+
+def _training(graph, parts, root, normalize, download) -> dict:
+    """{"train": Split, "val": Split or None} for the `parts` asked for (the
+    others None); the training samples are read at most once."""
+    kind = validation(graph, root)
+    out = {"train": None, "val": None}
+    if "val" in parts and kind == "file":
+        out["val"] = _whole(graph, "val", root, normalize, download)
+    if "train" in parts or ("val" in parts and kind == "fraction"):
+        split = _whole(graph, "train", root, normalize, download)
+        if kind != "fraction":
+            out["train"] = split
+        else:
+            fraction = graph.train["val_fraction"]
+            kept, held = datasets.validation_split(len(split), fraction)
+            if len(kept) == 0:
+                raise UserError(
+                    f"train.val_fraction {fraction} leaves none of the {len(split)} "
+                    "training samples"
+                )
+            # each part a copy of its samples; the whole goes when this returns
+            if "val" in parts:
+                out["val"] = split.subset(held)
+            if "train" in parts:
+                out["train"] = split.subset(kept)
+    return out
+
+
+def _whole(graph, part: str, root, normalize, download) -> Split:
+    """The whole `part` ("train", "test" or the source's own "val") as read."""
+    source = graph.source
+    if source is None:
+        return _builtin(graph, part == "train", root, normalize, download)
+    from .sources import from_source
+
+    return from_source(graph, source, part, data_root(root))
+
+
+def _limited(split: Split | None, limit: int | None) -> Split | None:
+    if split is not None and limit is not None and limit < len(split):
+        return split.subset(torch.arange(limit))
     return split
 
 

@@ -49,7 +49,7 @@ from ..spec.errors import UserError, first_line
 from ..spec.load import as_spec, loads
 from ..spec.schema import Spec
 from . import distributed, logs, plots, rundir, safeguards, schedules
-from .data import load_split, shard
+from .data import load_split, load_training, shard
 
 PROGRESS_EVERY = 20
 RESUME_KEYS = ("optimizer", "scheduler", "step", "rng", "partial", "history")
@@ -527,10 +527,11 @@ def _train(
         rundir.check_space(run_dir, _checkpoint_bytes(net, spec))
     data = {"root": data_root, "normalize": _normalize(spec), "download": download}
     with ctx.local_first():  # one download per machine
-        train_split = load_split(graph, True, limit=cfg.limit_train, **data).to(device)
+        # the training samples read once, a validation hold-out included
+        train_split, val_split = load_training(graph, limit=cfg.limit_train, **data)
+        train_split = train_split.to(device)
         test_split = load_split(graph, False, limit=cfg.limit_test, **data).to(device)
-        val_split = load_split(graph, "val", **data)  # None without train.val_fraction
-        val_split = val_split and val_split.to(device)
+        val_split = val_split and val_split.to(device)  # None: no validation split
     per_epoch = train_split.num_batches(cfg.batch_size, cfg.drop_last)
     if per_epoch == 0:
         raise UserError(
@@ -592,7 +593,7 @@ def _train(
             [n.name for n in graph.neuron_nodes],
             tensorboard=extra["tensorboard"],
             resume_step=None if payload is None else _position(payload, per_epoch),
-            validation=bool(getattr(cfg, "val_fraction", 0)),
+            validation=val_split is not None,
         )
         extra["held"].append(log)
     # a non-finite loss is looked for every iteration where that costs no wait

@@ -36,6 +36,16 @@ def resolve(root: Path, path: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+def validation_file(source, root: Path) -> Path | None:
+    """An event dataset's own validation file (SSC's ssc_valid.h5) when it is
+    in the dataset's folder, else None."""
+    name = getattr(source, "VALID", None)
+    if not name:
+        return None
+    path = resolve(root, source.path or source.FOLDER) / name
+    return path if path.is_file() else None
+
+
 def from_source(graph, source, part: str, root: Path) -> Split:
     """The whole `part` ("train", "val" or "test") of a source, checked."""
     try:
@@ -237,7 +247,7 @@ def _events(graph, source, part: str, root: Path) -> Split:
     }
     cached = _cached(key)
     if cached is None:
-        cached = _frame(source, folder, part == "train", frames)
+        cached = _frame(source, folder, part, frames)
         _store(key, cached)
     labels, lengths = cached["labels"], cached["lengths"]
     inputs = SparseFrames(
@@ -266,19 +276,21 @@ def _events(graph, source, part: str, root: Path) -> Split:
     return _capped(graph, split)
 
 
-def _frame(source, folder: Path, train: bool, frames: dict) -> dict:
+def _frame(source, folder: Path, part: str, frames: dict) -> dict:
     """Read and frame every recording of a split (with a progress bar): inputs
-    [N, T_max, ...] of counts (uint8 when they fit), lengths [N], labels [N]."""
+    [N, T_max, ...] of counts (uint8 when they fit), lengths [N], labels [N].
+    The reader takes `train`: True, False, or "valid" (its own validation file)."""
     import numpy as np
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    train = {"train": True, "test": False, "val": "valid"}[part]
     events, labels = getattr(readers, source.reader)(str(folder), train)
     raw = source.SENSOR
     for i, e in enumerate(events):
         readers.check_events(e, (raw[0], raw[1]), f"{folder}: recording {i}")
     job = (source.sensor(), frames, source.denoise, source.downsample)
-    desc = f"framing {source.type} {'train' if train else 'test'}"
+    desc = f"framing {source.type} {part}"
     # on a terminal only (disable=None), and cleared before an error's line
     bar = tqdm(events, desc=desc, unit="rec", leave=False, disable=None)
     with bar:
