@@ -674,3 +674,52 @@ def test_example_specs_train_on_files_in_their_formats(tmp_path, capsys):
     assert code == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.5
+
+
+def test_val_metrics_follow_any_validation_split(tmp_path):
+    """Early stopping and sweeps may watch val_* with SSC's own ssc_valid.h5
+    (not only with train.val_fraction); when the file turns out to be missing,
+    train refuses in one line naming the field, before the first step."""
+    from snncompile.spec.errors import SpecError, UserError
+
+    root = tmp_path / "data"
+    ef.write_ssc(root, n_valid=21)
+    watched = SSC + "\n  early_stopping: {metric: val_loss, patience: 1}"
+    spec_path = _spec(tmp_path, "sscs", watched, "[70]", 35)
+    metrics = loop.train(
+        snncompile.load(spec_path),
+        data_root=root,
+        out=tmp_path / "run",
+        progress=False,
+        compile="none",
+        epochs=2,
+    )
+    assert all(h["val_loss"] is not None for h in metrics["history"])
+    swept = _spec(tmp_path, "sweepv", SSC, "[70]", 35)
+    swept.write_text(
+        swept.read_text() + "sweep: {metric: val_accuracy, trials: 2, parameters: "
+        "{train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}}}\n"
+    )
+    snncompile.load(swept)  # accepted
+    (root / "SSC" / "ssc_valid.h5").unlink()
+    with pytest.raises(UserError, match=r"train.early_stopping.metric: val_loss "
+                       r"needs a validation split.*ssc_valid.h5"):  # fmt: skip
+        loop.train(
+            snncompile.load(spec_path),
+            data_root=root,
+            out=tmp_path / "run2",
+            progress=False,
+            compile="none",
+        )
+    assert not (tmp_path / "run2" / "checkpoint.pt").exists()
+    # a source that can have no validation split is refused at load
+    nmnist = _spec(
+        tmp_path,
+        "novalid",
+        "{type: nmnist, frames: {n_time_bins: 5}}\n"
+        "  early_stopping: {metric: val_loss}",
+        "[2, 34, 34]",
+        10,
+    )
+    with pytest.raises((SpecError, UserError), match="needs a validation split"):
+        loop.train(snncompile.load(nmnist), data_root=root, out=tmp_path / "r3")

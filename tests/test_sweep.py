@@ -424,7 +424,7 @@ def test_the_metric_must_be_one_the_task_records(tmp_path):
     assert found == [
         (
             "metric: val_accuracy | val_accuracy needs a validation split: set "
-            "train.val_fraction (e.g. 0.1)"
+            "train.val_fraction (e.g. 0.1) or a val file"
         )
     ]
 

@@ -57,6 +57,22 @@ class Frames(Strict):
         return self.n_time_bins is not None
 
 
+def validation_source(train) -> str | None:
+    """Where a run's validation split would come from, judged from the spec
+    alone: train.val_fraction, the source's `val` file or folder, or its
+    dataset's own validation file (which may be absent: checked at load);
+    None when no validation split can exist."""
+    source = getattr(train, "dataset", None)
+    if getattr(source, "val", None) is not None:
+        return f"train.dataset.val ({source.val})"
+    if getattr(train, "val_fraction", 0):
+        return "train.val_fraction"
+    valid = getattr(type(source), "VALID", None)
+    if valid:
+        return f"the dataset's {valid}"
+    return None
+
+
 class EventSource(Strict):
     """Fields every event dataset shares."""
 

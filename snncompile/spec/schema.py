@@ -286,7 +286,7 @@ Optimizer = Annotated[Adam | AdamW | SGD, Field(discriminator="type")]
 
 
 # the figures a run records per epoch that a schedule or early stopping may
-# watch (val_*: with train.val_fraction); accuracy and r2 are better higher
+# watch (val_*: with a validation split); accuracy and r2 are better higher
 Monitored = Literal[
     Metric,  # test_* and val_* (spec/sweep.py)
     "train_loss",

@@ -17,7 +17,8 @@ Each parameter is checked when the spec is: its path must name a field (a list
 item by index or layer name, as `--set` resolves it: spec/load.py's
 apply_overrides), and the ends of its range (every value of a choice) must be
 values that field takes; a problem is located at the parameter's line. The
-metric must be one the task records (val_* needs train.val_fraction).
+metric must be one the task records (val_* needs a validation split:
+train.val_fraction, a source's val file, or SSC's ssc_valid.h5).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from ..types.fields import PositiveInt, Strict
+from .datasets import validation_source
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 SPLITS = ("test", "val")
@@ -141,8 +143,8 @@ class Sweep(Strict):
     metric: Metric | None = Field(
         None,
         description="The figure optimized, from each trial's last measured epoch "
-        "(default test_accuracy; regression: test_mse). val_* needs "
-        "train.val_fraction.",
+        "(default test_accuracy; regression: test_mse). val_* needs a validation "
+        "split: train.val_fraction, a val file, or SSC's ssc_valid.h5.",
     )
     direction: Literal["maximize", "minimize"] | None = Field(
         None,
@@ -205,8 +207,11 @@ def _metric_problem(metric: str, data: dict) -> str | None:
         choices = ", ".join(f"{s}_{f}" for s in SPLITS for f in FIGURES[task])
         return f"{metric} is not measured for a {task} task; choose among {choices}"
     train = data.get("train")
-    if split == "val" and train is not None and not getattr(train, "val_fraction", 0):
-        return f"{metric} needs a validation split: set train.val_fraction (e.g. 0.1)"
+    if split == "val" and train is not None and validation_source(train) is None:
+        return (
+            f"{metric} needs a validation split: set train.val_fraction (e.g. 0.1) "
+            "or a val file"
+        )
     return None
 
 

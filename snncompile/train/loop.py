@@ -532,6 +532,7 @@ def _train(
         train_split = train_split.to(device)
         test_split = load_split(graph, False, limit=cfg.limit_test, **data).to(device)
         val_split = val_split and val_split.to(device)  # None: no validation split
+    safeguards.check_validation(spec, val_split is not None)
     per_epoch = train_split.num_batches(cfg.batch_size, cfg.drop_last)
     if per_epoch == 0:
         raise UserError(

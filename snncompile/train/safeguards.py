@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..spec.datasets import validation_source
 from ..spec.errors import UserError
 from . import logs
 from .schedules import higher_is_better
@@ -48,23 +49,45 @@ def available(metric: str, task: str, validation: bool) -> str | None:
             + ")"
         )
     if split == "val" and not validation:
-        return f"{metric} needs a validation split (train.val_fraction > 0)"
+        return (
+            f"{metric} needs a validation split (train.val_fraction > 0, a val "
+            "file, or SSC's ssc_valid.h5)"
+        )
     return None
 
 
-def check_metrics(spec, task: str) -> None:
-    """UserError for a schedule or early stopping metric this run never records."""
+def watched_metrics(spec) -> list[tuple[str, str]]:
+    """(field, metric) of what a plateau schedule and early stopping watch."""
     train = spec.train
-    validation = bool(getattr(train, "val_fraction", 0))
     watched = []
     if train.schedule.type == "plateau":
         watched.append(("train.schedule.metric", train.schedule.metric))
     if train.early_stopping is not None:
         watched.append(("train.early_stopping.metric", train.early_stopping.metric))
-    for where, metric in watched:
+    return watched
+
+
+def check_metrics(spec, task: str) -> None:
+    """UserError for a schedule or early stopping metric this run never records."""
+    validation = validation_source(spec.train) is not None
+    for where, metric in watched_metrics(spec):
         problem = available(metric, task, validation)
         if problem:
             raise UserError(f"{where}: {problem}")
+
+
+def check_validation(spec, has_split: bool) -> None:
+    """After the data loads: a val_* metric with no validation split after all
+    (a dataset's own validation file missing from its folder)."""
+    if has_split:
+        return
+    for where, metric in watched_metrics(spec):
+        if metric.startswith("val_"):
+            raise UserError(
+                f"{where}: {metric} needs a validation split, and "
+                f"{validation_source(spec.train)} is not in the dataset's folder; "
+                "set train.val_fraction (e.g. 0.1)"
+            )
 
 
 # --------------------------------------------------------------------------- precision
