@@ -104,6 +104,8 @@ class SpikingNeuron(nn.Module):
     def forward(self, cur, record_mem=True):
         """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
         `record_mem` (a hidden layer passes on only its spikes)."""
+        if cur.dtype in (torch.bfloat16, torch.float16):  # from autocast's layers
+            cur = cur.float()  # the states in float32: no drift over the steps
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import snncompile
+from snncompile import native
 from snncompile.cli import main
 from snncompile.codegen.render import render_script
 from snncompile.spec.errors import UserError
@@ -293,9 +294,11 @@ def test_standalone_script_with_clip_warmup_and_plateau_trains_like_train(tmp_pa
 # --------------------------------------------------------------------------- precision
 def test_bf16_trains_on_the_cpu(tmp_path, capsys):
     spec = write(tmp_path, epochs=1, extra="  precision: bf16\n")
-    metrics = train(spec, out=tmp_path / "run", compile="native")
-    assert "train.precision bf16 runs the model as generated" in capsys.readouterr().err
-    assert metrics["compile"] == "plain"
+    mode = "native" if native.problem() is None else "none"
+    metrics = train(spec, out=tmp_path / "run", compile=mode)
+    err = capsys.readouterr().err  # the kernels are kept (tests/test_bf16.py)
+    assert "runs the model as generated" not in err and "note:" not in err
+    assert metrics["compile"] == mode
     assert math.isfinite(metrics["test_loss"]) and metrics["test_accuracy"] > 0.1
     payload = weights(tmp_path / "run")
     assert all(v.dtype == torch.float32 for v in payload["model"].values())

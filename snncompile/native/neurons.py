@@ -6,7 +6,9 @@ operations in the same order (identical spikes and states), and a backward
 derived by hand, equal to autograd's through the step loop up to float
 summation order. It returns None where the C code does not apply (another
 device or dtype, a convolutional recurrence, a surrogate it does not know, a
-class it does not recognize): the caller then runs the step loop.
+class it does not recognize): the caller then runs the step loop. A bfloat16
+or float16 input current (from layers under autocast) is cast to float32
+first, as the step loop casts it: the states are float32.
 
 A recurrence by a matrix (`recurrence: linear`) runs one step per C call, the
 product R(spk[t-1]) by torch in between (the plain model's own call, so the
@@ -196,7 +198,7 @@ def _run(call, cur, linear, spk_out=None):
     spks, last = [], cur.new_zeros(shape)
     for t in range(steps):
         rec = F.linear(last, linear.weight.detach(), _detach(linear.bias))
-        rec = rec.contiguous()
+        rec = rec.to(cur.dtype).contiguous()  # under autocast: a bfloat16 product
         last = cur.new_empty(shape)
         call.forward(cur, rec, t, 1, states if t else None, last, states)
         spks.append(last)
@@ -311,12 +313,16 @@ def sequence(lib, neuron, cur, record_mem=True, surrogate_kind=None):
     """(spk, mem) of `neuron` over cur [T, B, ...] by neurons.c, as its step loop
     gives them (mem None unless `record_mem`), or None where it does not apply.
     `surrogate_kind(backward)`: neurons.c's number for a surrogate, or None."""
-    if cur.device.type != "cpu" or cur.dtype != torch.float32 or cur.dim() < 3:
+    if cur.device.type != "cpu" or cur.dim() < 3:
         return None
     steps = None
     base = _time_expanded_base(cur)
     if base is not None:  # the same input at every step: read once
         cur, steps = base, cur.shape[0]
+    if cur.dtype in (torch.bfloat16, torch.float16):  # from layers under autocast
+        cur = cur.float()  # float32 states, as the step loop's
+    if cur.dtype != torch.float32:
+        return None
     shape = cur.shape if steps is not None else cur.shape[1:]
     cols = shape[1:].numel()
     described = describe(neuron, cols)

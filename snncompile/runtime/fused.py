@@ -255,8 +255,12 @@ def scan_linear(compiled, args, weight, bias, spikes=True):
     b, threshold, steps, reset, record): out = the linear layer (weight, bias)
     over the spikes where the provider forms it in its loop (its `scan_linear`),
     else None; spk is None where `spikes` is False and that provider kept no
-    spike record. Detached: for the forward of a node or under no_grad."""
+    spike record. Detached: for the forward of a node or under no_grad. Under
+    autocast the product is autocast's (in low precision, as the plain model's
+    linear layer), never the provider's."""
     both = getattr(compiled, "scan_linear", None) if weight is not None else None
+    if torch.is_autocast_enabled(args[0].device.type):
+        both = None
     if both is not None:
         bias = bias if bias is None else bias.detach()
         result = both(*args, weight.detach(), bias, spikes)
@@ -345,6 +349,8 @@ class LeakySequence(torch.autograd.Function):
         saved, cur, spk_rec, b, threshold, weight = ctx.saved_tensors
         reset, surrogate, args, constant, small = ctx.options
         grad_weight = grad_bias = through = None
+        if grad_out is not None:  # under autocast: the low-precision product's
+            grad_out = grad_out.to(weight.dtype)
         # a provider may also form the linear layer's weight gradient in its loop
         in_loop = getattr(ctx.compiled, "weight_grad_in_loop", False) and not small
         in_loop = in_loop and surrogate is not None  # else no loop runs at all
@@ -457,6 +463,8 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear, spikes=Tru
         base = _time_expanded_base(cur)
         if base is not None:
             cur, steps = base, cur.shape[0]
+    if cur.dtype in (torch.bfloat16, torch.float16):  # as the step loop: float32
+        cur = cur.float()  # states (after the base is found: no [T, ...] copy)
     b = neuron.beta.clamp(0, 1)
     weight = bias = None
     if linear is not None:

@@ -6,6 +6,9 @@ Conventions shared by every neuron (snnTorch's defaults):
 - decays are clamped: beta and alpha enter as clamp(., 0, 1);
 - spk[t] = S(mem[t] - threshold), S the Heaviside step (strict >) forward and
   the surrogate's derivative backward.
+- states run in float32 at least: a bfloat16 or float16 input current (from
+  layers under autocast) is cast to float32 first, as mixed precision does
+  (the matrix products in low precision, the recurrence in float32).
 
 `step` advances one time step; `forward` runs a whole sequence [T, B, ...] by
 calling `step` once per step. These classes are inlined verbatim into generated
@@ -69,6 +72,8 @@ class SpikingNeuron(nn.Module):
     def forward(self, cur, record_mem=True):
         """cur [T, B, ...] -> (spk, mem), each [T, B, ...]; mem is None unless
         `record_mem` (a hidden layer passes on only its spikes)."""
+        if cur.dtype in (torch.bfloat16, torch.float16):  # from autocast's layers
+            cur = cur.float()  # the states in float32: no drift over the steps
         state = self.init_state(cur[0])
         spks, mems = [], []
         # unbind, not cur[t]: indexing would make backward allocate and sum T

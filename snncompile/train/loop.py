@@ -565,15 +565,8 @@ def _train(
     compile, problem = optimize.preflight(compile, net, quiet=not progress)
     if problem and ctx.local_rank == 0:
         print(f"warning: {problem}", file=sys.stderr)
-    if cfg.precision != "fp32" and compile in ("native", "none", "neurons"):
-        # the fused kernels compute in float32 only: autocast needs plain layers
-        if ctx.local_rank == 0:
-            print(
-                f"note: train.precision {cfg.precision} runs the model as "
-                "generated (--compile plain): the fused kernels are float32 only",
-                file=sys.stderr,
-            )
-        compile = "plain"
+    # under train.precision's autocast every mode keeps its kernels: the neurons
+    # cast their input current to float32 (runtime/neurons.py), as the plain model
     compiled = compile not in ("none", "plain")
     if ctx.active:
         _warn_batch_statistics(graph, ctx)
