@@ -404,11 +404,9 @@ def test_temporal_task_learns_with_fixed_and_padded_lengths(tmp_path, variable, 
         assert int(lengths.min()) < int(lengths.max())  # really padded
 
 
-def test_val_fraction_holds_out_a_fixed_part(tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    _write_tensors(root, ".npz", False, False)
-    spec_path = _spec(
+def _val_spec(tmp_path):
+    """A tensors spec holding out a quarter of train.npz."""
+    return _spec(
         tmp_path,
         "val",
         "{type: tensors, train: train.npz, test: test.npz, inputs_key: x, "
@@ -418,6 +416,13 @@ def test_val_fraction_holds_out_a_fixed_part(tmp_path):
         "rate",
         4,
     )
+
+
+def test_val_fraction_holds_out_a_fixed_part(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    _write_tensors(root, ".npz", False, False)
+    spec_path = _val_spec(tmp_path)
     graph = snncompile.analyze(snncompile.load(spec_path))
     train, val = load_split(graph, True, root=root), load_split(graph, "val", root=root)
     assert (len(train), len(val)) == (18, 6)
@@ -441,16 +446,7 @@ def test_val_fraction_reads_the_training_file_once(tmp_path, monkeypatch):
     root = tmp_path / "data"
     root.mkdir()
     _write_tensors(root, ".npz", False, False)
-    spec_path = _spec(
-        tmp_path,
-        "val",
-        "{type: tensors, train: train.npz, test: test.npz, inputs_key: x, "
-        "targets_key: y}\n  val_fraction: 0.25",
-        "[3, 4]",
-        3,
-        "rate",
-        4,
-    )
+    spec_path = _val_spec(tmp_path)
     graph = snncompile.analyze(snncompile.load(spec_path))
     apart = load_split(graph, True, root=root), load_split(graph, "val", root=root)
     read, real = [], readers.read_tensors

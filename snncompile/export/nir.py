@@ -332,39 +332,36 @@ class _Exporter:
         source = node.inputs[0]
         while source != "input" and self.graph.node(source).type == "dropout":
             source = self.graph.node(source).inputs[0]
-        if source != "input" and self.graph.node(source).type in SPIKING_TYPES:
-            window = nir.SumPool2d(
-                kernel_size=kernel,
-                stride=stride,
-                padding=padding,
-                metadata=self.info(node, part="sum"),
+        spikes = source != "input" and self.graph.node(source).type in SPIKING_TYPES
+        if not spikes:
+            self.inexact(
+                node,
+                "NIR has no max pooling, and its input is not spikes (where "
+                "SumPool2d + Threshold is exact)",
+                "as AvgPool2d over the same windows (the mean, not the max; "
+                "snncompile reads it back as maxpool2d)",
             )
-            self.emit(node, window, srcs)
-            top = f"{node.name}_max"
-            while top in self.taken:
-                top += "_"
-            self.taken.add(top)
-            self.nodes[top] = nir.Threshold(
-                threshold=np.full(node.out_shape, 0.5),
-                metadata=_meta({"type": node.type, "part": "max", "of": node.name}),
-            )
-            self.edges.append((node.name, top))
-            self.sources[node.name] = [top]
-            return
-        self.inexact(
-            node,
-            "NIR has no max pooling, and its input is not spikes (where "
-            "SumPool2d + Threshold is exact)",
-            "as AvgPool2d over the same windows (the mean, not the max; "
-            "snncompile reads it back as maxpool2d)",
-        )
-        made = nir.AvgPool2d(
+        window = (nir.SumPool2d if spikes else nir.AvgPool2d)(
             kernel_size=kernel,
             stride=stride,
             padding=padding,
-            metadata=self.info(node, approximated="AvgPool2d"),
+            metadata=self.info(node, part="sum")
+            if spikes
+            else self.info(node, approximated="AvgPool2d"),
         )
-        self.emit(node, made, srcs)
+        self.emit(node, window, srcs)
+        if not spikes:
+            return
+        top = f"{node.name}_max"
+        while top in self.taken:
+            top += "_"
+        self.taken.add(top)
+        self.nodes[top] = nir.Threshold(
+            threshold=np.full(node.out_shape, 0.5),
+            metadata=_meta({"type": node.type, "part": "max", "of": node.name}),
+        )
+        self.edges.append((node.name, top))
+        self.sources[node.name] = [top]
 
     def batchnorm(self, node) -> None:
         """Batch norm in inference (running statistics), folded into the linear
