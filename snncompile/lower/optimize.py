@@ -25,11 +25,14 @@ their fused kernel's forward and backward loops as torch.compile'd C++ (one loop
 over all steps each), every other neuron type its step loop through torch.compile
 (inductor fuses the recurrence; AOTAutograd derives its backward). Stateless
 layers stay eager: each is already one call over all steps (`time_batched`), a
-library kernel that compilation cannot beat. Every compiled forward computes the
-same float operations as the eager one (identical spikes and membranes); backward
-passes agree up to float summation order: the compiled Leaky backward forms a
-fused linear layer's input gradient step by step, where eager code multiplies
-matrices (tests/test_compiled.py, tests/test_fused.py).
+library kernel that compilation cannot beat; a large convolution read by max
+pooling runs channels_last with a chunked input gradient, and the pooling
+channels_last (lower/layouts.py; native, neurons and none alike: the same
+values). Every compiled forward computes the same float operations as the
+eager one (identical spikes and membranes); backward passes agree up to float
+summation order: the compiled Leaky backward forms a fused linear layer's input
+gradient step by step, where eager code multiplies matrices
+(tests/test_compiled.py, tests/test_fused.py, tests/test_layouts.py).
 
 `compile_model(net)` is the alternative: torch.compile of the whole forward.
 
@@ -97,10 +100,12 @@ def compile_neurons(
     """Run every neuron's time loop through torch.compile, or with `kernels` (a
     kernel provider: snncompile.native.kernels()) every neuron layer that fits
     by it and the rest eagerly (in place, on top of the fused kernels of
-    lower/kernels.py); returns net."""
+    lower/kernels.py, large convolutions and max pooling in the layouts of
+    lower/layouts.py); returns net."""
     from .kernels import accelerate
+    from .layouts import accelerate_layers
 
-    modules = neurons(accelerate(net))
+    modules = neurons(accelerate_layers(accelerate(net)))
     if enabled and not kernels and modules:
         _configure_dynamo()  # imports dynamo: only when something needs it
     for module in modules:
