@@ -972,6 +972,11 @@ class _Importer:
         AvgPool2d: read back as the maxpool2d its metadata names."""
         layer_name, gain = self.value[name]
         if gain is not None:
+            self.notes.append(
+                f"{self.where(name)}: marked as snncompile's approximated maxpool2d, "
+                "but its input is scaled (an edited file): imported as the average "
+                "pooling NIR describes"
+            )
             return
         self.layers[layer_name].type = "maxpool2d"
         self.approximations.append(

@@ -58,9 +58,12 @@ def same_in_layouts(x, weight, bias, geometry) -> bool:
     input as for an NCHW one (oneDNN runs other kernels for them; some sum in
     the same order, as mnist_csnn's conv2, others not, as 32 -> 64 channels,
     3x3): measured once per configuration (image shape, weight shape, bias,
-    geometry, threads) on random values, up to PROBE_IMAGES images of the
-    batch's size. Draws no numbers from torch's global generator."""
+    geometry, threads, and the batch's size up to PROBE_IMAGES: oneDNN's
+    choice can depend on it) on random values of that many images. Draws no
+    numbers from torch's global generator."""
+    images = min(x.shape[0], PROBE_IMAGES)
     key = (
+        images,
         tuple(x.shape[1:]),
         tuple(weight.shape),
         bias is None,
@@ -69,7 +72,6 @@ def same_in_layouts(x, weight, bias, geometry) -> bool:
     )
     if key not in _SAME:
         gen = torch.Generator().manual_seed(0)
-        images = min(x.shape[0], PROBE_IMAGES)
         probe = torch.randn((images, *x.shape[1:]), generator=gen)
         w = torch.randn(weight.shape, generator=gen)
         b = None if bias is None else torch.randn(bias.shape, generator=gen)

@@ -147,7 +147,8 @@ def compile_model(net: torch.nn.Module, **options) -> torch.nn.Module:
     """torch.compile of the whole forward (neurons traced as their step loops).
     Random ops (rate encoding, dropout) run torch's own kernels on the global
     RNG (inductor's fallback_random), so that a seed draws the same spikes and
-    masks as the eager model, not inductor's own numbers."""
+    masks as the eager model, not inductor's own numbers; except where the
+    caller passes torch.compile's `mode`, which excludes `options`."""
     import torch
 
     _configure_dynamo()
