@@ -28,7 +28,10 @@ COMMANDS = {  # name -> (module, one-line help)
         "snncompile.train.command",
         "train and evaluate a spec; writes a run directory",
     ),
-    "eval": ("snncompile.train.command", "evaluate a checkpoint (or an ONNX model)"),
+    "eval": (
+        "snncompile.train.command",
+        "evaluate a checkpoint (or an ONNX or NIR model)",
+    ),
     "codegen": (
         "snncompile.codegen.command",
         "write standalone PyTorch training scripts",

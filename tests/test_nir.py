@@ -10,6 +10,7 @@ back exactly from the file's metadata."""
 from __future__ import annotations
 
 import itertools
+import json
 import pathlib
 
 import h5py
@@ -744,3 +745,68 @@ def test_export_refusals(tmp_path, capsys):
     assert back["restored"] and not back["exact"]
     assert snncompile.load(tmp_path / "sb.yaml") == snncompile.load(tmp_path / "s.yaml")
     assert read_nir(tmp_path / "s.nir").nodes["lif1"].v_reset.tolist() == [0.0] * 12
+
+
+# --------------------------------------------------------------------------- eval --nir
+def _weights(tmp_path, text: str, name: str):
+    """(spec file, checkpoint) of random weights that make every layer fire."""
+    spec_file = tmp_path / f"{name}.yaml"
+    spec_file.write_text(text)
+    net = snncompile.build(snncompile.load(spec_file), seed=1)
+    with torch.no_grad():
+        for key, tensor in net.state_dict().items():
+            if key.endswith("weight"):
+                tensor.mul_(2.5)
+    weights = tmp_path / f"{name}.pt"
+    payload = {"spec": net.graph.spec_json, "model": net.state_dict(), "epoch": 1}
+    ckpt.save(weights, payload)
+    return str(spec_file), str(weights)
+
+
+def _eval_json(capsys, argv) -> dict:
+    assert main([*argv, "--json", "--limit-test", "64"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("encoding", ["direct", "rate"])
+def test_eval_nir_matches_checkpoint(tmp_path, capsys, encoding):
+    """An exact export (zero reset) scores in NIR's semantics what the
+    checkpoint scores in snncompile: the same predictions, the same loss up to
+    float32 rounding; the spec's own encoder feeds a rate-coded file."""
+    spec, weights = _weights(tmp_path, spec_text(FC, encoding=encoding), "fc")
+    out = str(tmp_path / "fc.nir")
+    assert main(["export", spec, "--checkpoint", weights, "-o", out]) == 0
+    capsys.readouterr()
+    ours = _eval_json(capsys, ["eval", spec, "--checkpoint", weights])
+    theirs = _eval_json(capsys, ["eval", spec, "--nir", out])
+    assert theirs["test_accuracy"] == ours["test_accuracy"]
+    assert theirs["test_loss"] == pytest.approx(ours["test_loss"], rel=1e-5)
+    assert theirs["test_samples"] == ours["test_samples"] == 64
+    assert theirs["exact"] and theirs["approximations"] == []
+    assert theirs["dt"] == 1.0
+
+
+def test_eval_nir_approximate_and_refusals(tmp_path, capsys):
+    """An --approximate file evaluates (its approximations listed); a file of
+    another network, a missing file and --dt without --nir are one line each."""
+    text = spec_text(FC.replace("reset: zero}", "reset: subtract}", 1))
+    spec, weights = _weights(tmp_path, text, "sub")
+    out = str(tmp_path / "sub.nir")
+    argv = ["export", spec, "--checkpoint", weights, "-o", out, "--approximate"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    result = _eval_json(capsys, ["eval", spec, "--nir", out])
+    assert 0 <= result["test_accuracy"] <= 1 and result["test_samples"] == 64
+    assert not result["exact"]
+    assert "lif1 (leaky): reset subtract" in result["approximations"][0]
+    assert main(["eval", spec, "--nir", out, "--limit-test", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "approximate export: layer lif1" in printed and "test accuracy" in printed
+    other, _ = _weights(tmp_path, spec_text(CSNN, shape="[1, 12, 12]"), "csnn")
+    line = _cli_error(capsys, ["eval", other, "--nir", out])
+    assert "was exported from a different network" in line and "layers" in line
+    missing = str(tmp_path / "missing.nir")
+    line = _cli_error(capsys, ["eval", spec, "--nir", missing])
+    assert line == f"error: no NIR file at {missing}"
+    line = _cli_error(capsys, ["eval", spec, "--checkpoint", weights, "--dt", "1"])
+    assert "--dt applies only to --nir" in line

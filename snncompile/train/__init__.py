@@ -2,7 +2,8 @@
 
 data.py loads datasets into memory, loop.py trains and evaluates (checkpoints
 are read and written by snncompile/lower/checkpoint.py), onnx_eval.py evaluates
-an exported model in onnxruntime, plots.py draws curves and rasters, command.py
+an exported model in onnxruntime, nir_eval.py a NIR file in the numpy NIR
+reference simulation, plots.py draws curves and rasters, command.py
 is the `snncompile train` / `snncompile eval` command line. `train` and
 `evaluate` are imported on first use, so that `snncompile.train.data` does not
 load the training loop and matplotlib.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..lower import optimize
@@ -253,11 +254,37 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--onnx", metavar="FILE", help="evaluate an exported ONNX model"
     )
+    source.add_argument(
+        "--nir",
+        metavar="FILE",
+        help="evaluate a NIR file in the numpy NIR reference simulation",
+    )
     _data_root(parser)
     parser.add_argument(
         "--limit-test", type=_positive, metavar="N", help="first N test samples"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--dt",
+        type=float,
+        metavar="DT",
+        help="with --nir: the simulation's time step (default: the file's, else 1)",
+    )
+
+
+def _evaluate_nir(args: argparse.Namespace) -> dict:
+    from ..spec.load import load
+    from .nir_eval import evaluate_nir
+
+    return evaluate_nir(
+        load(args.spec),
+        args.nir,
+        args.data_root,
+        args.limit_test,
+        dt=args.dt,
+        download=not args.no_download,
+        progress=not args.json and sys.stderr.isatty(),
+    )
 
 
 def _evaluate_onnx(args: argparse.Namespace) -> dict:
@@ -279,8 +306,12 @@ def _evaluate_onnx(args: argparse.Namespace) -> dict:
 def run_eval(args: argparse.Namespace) -> int:
     from .loop import evaluate
 
+    if args.dt is not None and not args.nir:
+        raise UserError("--dt applies only to --nir")
     if args.onnx:
         result = _evaluate_onnx(args)
+    elif args.nir:
+        result = _evaluate_nir(args)
     else:
         result = evaluate(
             args.spec,
@@ -294,6 +325,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         print(dumps(result, indent=2))  # strict JSON: NaN and inf as null
         return 0
+    for note in result.get("approximations") or ():
+        print(f"approximate export: {note}")
     if "test_accuracy" in result:
         print(f"test accuracy: {result['test_accuracy']:.2%}")
     else:
