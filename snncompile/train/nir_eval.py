@@ -19,9 +19,8 @@ import torch
 
 from ..spec.errors import UserError
 from ..spec.load import as_spec
-from .data import load_split
 from .loop import Score, _bar, make_loss
-from .onnx_eval import _check_network
+from .onnx_eval import _check_network, eval_split
 
 SPIKE_DECODINGS = ("rate", "latency")  # decoded from spikes; the rest from membranes
 
@@ -108,15 +107,7 @@ def evaluate_nir(
     # regularization (which needs every layer of the spec, not of the file)
     loss_of, regularized = make_loss(graph)
     with_loss = spiking is not None and membrane is not None and not regularized
-    norm = spec.train.normalize
-    test = load_split(
-        graph,
-        train=False,
-        root=data_root,
-        limit=limit_test if limit_test is not None else spec.train.limit_test,
-        normalize=norm.model_dump() if norm else None,
-        download=download,
-    )
+    test = eval_split(spec, graph, data_root, limit_test, download)
     size = batch_size or graph.train["eval_batch_size"]
     direct = graph.encoding["type"] == "direct"
     score = Score(graph, "cpu")

@@ -45,6 +45,20 @@ def _check_network(meta: dict, graph, onnx_path) -> None:
         )
 
 
+def eval_split(spec, graph, data_root, limit_test, download):
+    """The spec's test split as evaluation reads it (its normalization; the
+    `limit_test` given, else the spec's)."""
+    norm = spec.train.normalize
+    return load_split(
+        graph,
+        train=False,
+        root=data_root,
+        limit=limit_test if limit_test is not None else spec.train.limit_test,
+        normalize=norm.model_dump() if norm else None,
+        download=download,
+    )
+
+
 def evaluate_onnx(
     spec,
     onnx_path,
@@ -74,15 +88,7 @@ def evaluate_onnx(
     meta = sess.get_modelmeta().custom_metadata_map
     _check_network(meta, graph, onnx_path)
     mode = meta.get("mode", "sequence")
-    norm = spec.train.normalize
-    test = load_split(
-        graph,
-        train=False,
-        root=data_root,
-        limit=limit_test if limit_test is not None else spec.train.limit_test,
-        normalize=norm.model_dump() if norm else None,
-        download=download,
-    )
+    test = eval_split(spec, graph, data_root, limit_test, download)
     score = Score(graph, "cpu")
     started = time.perf_counter()
     with torch.random.fork_rng():
