@@ -46,7 +46,8 @@ Not exact, refused unless `--approximate` (one line naming the layer):
   or conv layer it alone follows (exact in the reals, rounded to float32);
 - maxpool2d of anything but spikes (NIR has no max): exported as AvgPool2d
   over the same windows, marked in its metadata, so snncompile reads it back
-  as maxpool2d. Max pooling of a spiking layer's 0/1 output is exact: the
+  as maxpool2d. Max pooling of a spiking layer's 0/1 output (or of its max
+  pooling) is exact: the
   window's max is 1 exactly when its sum exceeds 0.5, so it is a SumPool2d and
   a Threshold(0.5) node (imported back, from any tool, as maxpool2d when the
   threshold lies in [0, g), g the pooled value of one spike).
@@ -329,10 +330,7 @@ class _Exporter:
         kernel = np.array(p["kernel_size"])
         stride = np.array(p["stride"] if p["stride"] is not None else kernel)
         padding = np.array(p["padding"])
-        source = node.inputs[0]
-        while source != "input" and self.graph.node(source).type == "dropout":
-            source = self.graph.node(source).inputs[0]
-        spikes = source != "input" and self.graph.node(source).type in SPIKING_TYPES
+        spikes = self.binary(node.inputs[0])
         if not spikes:
             self.inexact(
                 node,
@@ -362,6 +360,16 @@ class _Exporter:
         )
         self.edges.append((node.name, top))
         self.sources[node.name] = [top]
+
+    def binary(self, name: str) -> bool:
+        """Whether a layer's output is 0/1: a spiking layer's, or a max pooling
+        of such (through dropout, the identity here)."""
+        while name != "input" and self.graph.node(name).type in (
+            "dropout",
+            "maxpool2d",
+        ):
+            name = self.graph.node(name).inputs[0]
+        return name != "input" and self.graph.node(name).type in SPIKING_TYPES
 
     def batchnorm(self, node) -> None:
         """Batch norm in inference (running statistics), folded into the linear
@@ -931,15 +939,16 @@ class _Importer:
             self.own_layer(name, meta)
 
     def max_of_spikes(self, name: str) -> None:
-        """A Threshold reading only a pool of one spiking node's 0/1 output
-        is max pooling when it lies in [0, g): g, the value of one spike in
+        """A Threshold reading only a pool of one spiking node's 0/1 output (or
+        of such a max pooling's) is max pooling when it lies in [0, g): g, the value of one spike in
         the window, is the least nonzero sum. Any other Threshold is refused."""
         s = self.s
         (pool,) = s.preds(name)[:1] or (None,)
         why = (
             "a stateless threshold; snncompile imports one only as the max of "
             "spikes: reading only a SumPool2d or AvgPool2d of a LIF, IF or "
-            "CubaLIF node's spikes, with a threshold from 0 up to one spike's "
+            "CubaLIF node's spikes (or of their max), with a threshold from 0 up "
+            "to one spike's "
             "value in the window"
         )
         if (
@@ -948,7 +957,7 @@ class _Importer:
             or kind(s.nodes[pool]) not in ("SumPool2d", "AvgPool2d")
             or s.succs(pool) != [name]
             or len(s.preds(pool)) != 1
-            or kind(s.nodes[s.preds(pool)[0]]) not in FIRING
+            or not self.binary(s.preds(pool)[0])
             or self.value[s.preds(pool)[0]][1] is not None
         ):
             self.refuse(name, why)
@@ -966,6 +975,18 @@ class _Importer:
         meta = _node_meta(s.nodes[pool])
         if meta and meta.get("type") == "maxpool2d":
             self.own_layer(pool, meta)
+
+    def binary(self, name: str) -> bool:
+        """Whether a node's output is 0/1: a LIF, IF or CubaLIF node's spikes,
+        or a Threshold already read as their max pooling."""
+        if kind(self.s.nodes[name]) in FIRING:
+            return True
+        layer = self.layers.get(self.value.get(name, ("", None))[0])
+        return (
+            kind(self.s.nodes[name]) == "Threshold"
+            and layer is not None
+            and (layer.type == "maxpool2d")
+        )
 
     def own_maxpool(self, name: str, meta: dict) -> None:
         """snncompile's --approximate export of a max pooling of non-spikes as
