@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime import neurons as reference
+from ..runtime.fused import _time_expanded_base
 
 LEAKY, RLEAKY, SYNAPTIC, CUBA, ALPHA, ALIF = range(6)
 RESETS = {"subtract": 0, "zero": 1, "none": 2}
@@ -294,19 +295,6 @@ def _backward(call, kind, a0, a1, cur, states, t, count, init, grad_spk, grad_me
     )  # fmt: skip
     if status:
         raise RuntimeError("snn_neuron_backward: unknown type")
-
-
-def _time_expanded_base(cur):
-    """The [B, ...] tensor that `cur` [T, B, ...] is a stride-0 expand of, or None."""
-    base = cur._base
-    if cur.dim() < 2 or cur.stride(0) != 0 or base is None:
-        return None
-    same = (
-        base.shape == cur.shape[1:]
-        and base.stride() == cur.stride()[1:]
-        and base.storage_offset() == cur.storage_offset()
-    )
-    return base if same else None
 
 
 def sequence(lib, neuron, cur, record_mem=True, surrogate_kind=None):
