@@ -57,19 +57,18 @@ class Frames(Strict):
         return self.n_time_bins is not None
 
 
-def validation_source(train) -> str | None:
-    """Where a run's validation split would come from, judged from the spec
-    alone: train.val_fraction, the source's `val` file or folder, or its
-    dataset's own validation file (which may be absent: checked at load);
-    None when no validation split can exist."""
-    source = getattr(train, "dataset", None)
+def validation_kind(source, val_fraction: float) -> str | None:
+    """Where a run's validation split comes from, judged from the spec alone:
+    "file" (the source's `val` file or folder, which wins), "fraction" (held
+    out of the training samples by train.val_fraction), "dataset" (the
+    dataset's own validation file, VALID, which may be absent: checked at
+    load), or None when no validation split can exist."""
     if getattr(source, "val", None) is not None:
-        return f"train.dataset.val ({source.val})"
-    if getattr(train, "val_fraction", 0):
-        return "train.val_fraction"
-    valid = getattr(type(source), "VALID", None)
-    if valid:
-        return f"the dataset's {valid}"
+        return "file"
+    if val_fraction:
+        return "fraction"
+    if getattr(type(source), "VALID", None):
+        return "dataset"
     return None
 
 

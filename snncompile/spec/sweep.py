@@ -39,7 +39,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from ..types.fields import PositiveInt, Strict
-from .datasets import validation_source
+from .datasets import validation_kind
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 SPLITS = ("test", "val")
@@ -207,7 +207,11 @@ def _metric_problem(metric: str, data: dict) -> str | None:
         choices = ", ".join(f"{s}_{f}" for s in SPLITS for f in FIGURES[task])
         return f"{metric} is not measured for a {task} task; choose among {choices}"
     train = data.get("train")
-    if split == "val" and train is not None and validation_source(train) is None:
+    if (
+        split == "val"
+        and train is not None
+        and validation_kind(train.dataset, train.val_fraction) is None
+    ):
         return (
             f"{metric} needs a validation split: set train.val_fraction (e.g. 0.1) "
             "or a val file"

@@ -29,6 +29,7 @@ import torch
 from ..cache import cache_dir
 from ..lower.checkpoint import save_atomically
 from ..runtime import datasets
+from ..spec.datasets import validation_kind
 from ..spec.errors import UserError
 
 MNIST_FILES = (
@@ -401,17 +402,13 @@ def validation(graph, root=None) -> str | None:
     which wins over train.val_fraction; or its dataset's own validation file,
     SSC's ssc_valid.h5, when present and val_fraction is 0), "fraction" (held
     out of the training samples) or None (no validation split)."""
-    source = graph.source
-    if source is not None and getattr(source, "val", None) is not None:
-        return "file"
-    if graph.train.get("val_fraction", 0.0):
-        return "fraction"
-    if source is not None and getattr(source, "VALID", None):
+    kind = validation_kind(graph.source, graph.train.get("val_fraction", 0.0))
+    if kind == "dataset":
         from .sources import validation_file
 
-        if validation_file(source, data_root(root)) is not None:
-            return "file"
-    return None
+        present = validation_file(graph.source, data_root(root)) is not None
+        return "file" if present else None
+    return kind
 
 
 def _training(graph, parts, root, normalize, download) -> dict:

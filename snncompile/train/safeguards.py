@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..spec.datasets import validation_source
+from ..spec.datasets import validation_kind
 from ..spec.errors import UserError
 from . import logs
 from .schedules import higher_is_better
@@ -69,7 +69,8 @@ def watched_metrics(spec) -> list[tuple[str, str]]:
 
 def check_metrics(spec, task: str) -> None:
     """UserError for a schedule or early stopping metric this run never records."""
-    validation = validation_source(spec.train) is not None
+    validation = validation_kind(spec.train.dataset, spec.train.val_fraction)
+    validation = validation is not None
     for where, metric in watched_metrics(spec):
         problem = available(metric, task, validation)
         if problem:
@@ -85,7 +86,7 @@ def check_validation(spec, has_split: bool) -> None:
         if metric.startswith("val_"):
             raise UserError(
                 f"{where}: {metric} needs a validation split, and "
-                f"{validation_source(spec.train)} is not in the dataset's folder; "
+                f"the dataset's {type(spec.train.dataset).VALID} is not in its folder; "
                 "set train.val_fraction (e.g. 0.1)"
             )
 
