@@ -189,11 +189,7 @@ class _Exporter:
             self.node(node)
         self.nodes[out_name] = nir.Output(np.array(graph.output.out_shape))
         self.edges += [(src, out_name) for src in self.sources[graph.output.name]]
-        encoding = graph.encoding["type"]
-        if encoding == "direct":
-            seen = "the input node receives the raw sample at every step"
-        else:
-            seen = f"the input node receives the {encoding}-encoded spike train"
+        seen = input_description(graph)
         meta = {
             "format": FORMAT,
             "dt": self.dt,
@@ -703,6 +699,21 @@ def _trivial(mult, add) -> bool:
     return bool(np.all(np.abs(np.asarray(mult) - 1) <= ONE)) and bool(
         np.all(np.abs(np.asarray(add)) <= ONE)
     )
+
+
+def input_description(graph) -> str:
+    """What a spec's NIR Input node receives at each step."""
+    encoding = graph.encoding["type"]
+    if encoding == "direct":
+        return "the input node receives the raw sample at every step"
+    return f"the input node receives the {encoding}-encoded spike train"
+
+
+def own_metadata(nir_graph) -> dict:
+    """The graph's snncompile metadata (format, dt, steps, spec, ...) when
+    snncompile wrote it, else {}."""
+    meta = _node_meta(nir_graph) or {}
+    return meta if meta.get("format") == FORMAT else {}
 
 
 def _node_meta(node) -> dict | None:
@@ -1369,9 +1380,7 @@ def from_nir(
     """A spec (YAML text), its IR and a state dict for a NIR graph."""
     from ..lower.build import build_graph
 
-    meta = _node_meta(nir_graph) or {}
-    if meta.get("format") != FORMAT:
-        meta = {}
+    meta = own_metadata(nir_graph)
     notes: list[str] = []
     if dt is None:
         dt = float(meta.get("dt", DEFAULT_DT))

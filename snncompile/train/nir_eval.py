@@ -62,16 +62,14 @@ def evaluate_nir(
     """
     import snncompile
 
-    from ..export.nir import FORMAT, _node_meta, read_nir
+    from ..export.nir import input_description, own_metadata, read_nir
     from ..export.nir_sim import shape_text, simulate, structure
     from ..export.verify import encode_inputs
 
     spec = as_spec(spec)
     graph = snncompile.analyze(spec)
     nir_graph = read_nir(nir_path)  # every failure one UserError line
-    meta = _node_meta(nir_graph) or {}
-    if meta.get("format") != FORMAT:
-        meta = {}
+    meta = own_metadata(nir_graph)
     if meta:
         _check_network({"spec": json.dumps(meta.get("spec"))}, graph, nir_path)
     s = structure(nir_graph)
@@ -151,13 +149,7 @@ def evaluate_nir(
         samples=n,
         nir=str(nir_path),
         dt=dt,
-        input=meta.get("input")
-        or (
-            "the input node receives the raw sample at every step"
-            if direct
-            else f"the input node receives the {graph.encoding['type']}-encoded "
-            "spike train"
-        ),
+        input=meta.get("input") or input_description(graph),
         exact=not meta.get("approximations") if meta else None,
         approximations=list(meta.get("approximations", [])),
         metadata=bool(meta),
