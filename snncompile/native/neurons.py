@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime import neurons as reference
-from ..runtime.fused import _time_expanded_base
+from ..runtime.fused import sequence_input
 
 LEAKY, RLEAKY, SYNAPTIC, CUBA, ALPHA, ALIF = range(6)
 RESETS = {"subtract": 0, "zero": 1, "none": 2}
@@ -303,12 +303,7 @@ def sequence(lib, neuron, cur, record_mem=True, surrogate_kind=None):
     `surrogate_kind(backward)`: neurons.c's number for a surrogate, or None."""
     if cur.device.type != "cpu" or cur.dim() < 3:
         return None
-    steps = None
-    base = _time_expanded_base(cur)
-    if base is not None:  # the same input at every step: read once
-        cur, steps = base, cur.shape[0]
-    if cur.dtype in (torch.bfloat16, torch.float16):  # from layers under autocast
-        cur = cur.float()  # float32 states, as the step loop's
+    cur, steps = sequence_input(cur)
     if cur.dtype != torch.float32:
         return None
     shape = cur.shape if steps is not None else cur.shape[1:]

@@ -387,6 +387,21 @@ class LeakySequence(torch.autograd.Function):
         return (*grads, grad_weight, grad_bias, None, None)
 
 
+def sequence_input(cur, steps=None):
+    """(cur, steps) as the fused and native loops read a sequence [T, B, ...]:
+    a stride-0 expand of one [B, ...] tensor as that tensor with steps = T (read
+    once; steps given: already so), and a bfloat16 or float16 current (from
+    layers under autocast) in float32, as the step loop's states (cast after
+    the base is found: no [T, ...] copy)."""
+    if steps is None:
+        base = _time_expanded_base(cur)
+        if base is not None:
+            cur, steps = base, cur.shape[0]
+    if cur.dtype in (torch.bfloat16, torch.float16):
+        cur = cur.float()
+    return cur, steps
+
+
 def _time_expanded_base(cur):
     """The [B, ...] tensor that `cur` [T, B, ...] is a stride-0 expand of, or None."""
     base = cur._base
@@ -459,12 +474,7 @@ def _leaky_sequence(neuron, cur, steps, compiled, record_mem, linear, spikes=Tru
     """(spk, mem, out) of fused_leaky / fused_leaky_linear, outside torch.compile;
     out is None without a linear layer (or where computed by the caller); spk may
     be None where not `spikes` (see fused_leaky_linear)."""
-    if steps is None:
-        base = _time_expanded_base(cur)
-        if base is not None:
-            cur, steps = base, cur.shape[0]
-    if cur.dtype in (torch.bfloat16, torch.float16):  # as the step loop: float32
-        cur = cur.float()  # states (after the base is found: no [T, ...] copy)
+    cur, steps = sequence_input(cur, steps)
     b = neuron.beta.clamp(0, 1)
     weight = bias = None
     if linear is not None:
